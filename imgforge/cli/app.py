@@ -1,0 +1,83 @@
+"""The Typer application and the entry point that turns errors into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .. import __version__
+from ..errors import ImgforgeError
+from ..progress import console
+
+app = typer.Typer(
+    name="imgforge",
+    help="Run pix2pix/CycleGAN, old-photo restoration and DDPM on your own images, from the official weights.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"imgforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """imgforge: pix2pix/CycleGAN translation, old-photo restoration and DDPM sampling."""
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print a one-line error and leave with `code`."""
+    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code. Click handles usage errors itself (exit 2); our
+    errors become one line on stderr, and no traceback reaches the user (IMGFORGE_DEBUG=1 re-raises)."""
+    debug = os.environ.get("IMGFORGE_DEBUG") == "1"
+    try:
+        app(args=argv, prog_name="imgforge")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    except ImgforgeError as exc:
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {_one_line(exc)}", soft_wrap=True)
+        return exc.exit_code
+    except MemoryError:
+        if debug:
+            raise
+        console.print("[red]error:[/red] out of memory; try a smaller --batch-size, a smaller image or --device cpu")
+        return 1
+    except Exception as exc:  # a bug: still one line, with the way to see the traceback
+        if debug:
+            raise
+        console.print(
+            f"[red]error:[/red] internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(set IMGFORGE_DEBUG=1 for the traceback)",
+            soft_wrap=True,
+        )
+        return 1
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Options shared by several commands, declared once so that they read the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+Inputs = Annotated[List[str], typer.Argument(help="Input images, folders or glob patterns.", show_default=False)]
+Output = Annotated[
+    Optional[str],
+    typer.Option("-o", "--output", help="Output file (one input) or folder (several inputs).", show_default=False),
+]
+Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of input folders.")]
+Suffix = Annotated[str, typer.Option("--suffix", help="Appended to each output file's stem, e.g. '_restored'.")]
+OutputFormat = Annotated[
+    Optional[str],
+    typer.Option("--format", help="Output file extension (png, jpg, webp, tif); default: keep the input's."),
+]
+SkipExisting = Annotated[
+    bool, typer.Option("--skip-existing", help="Skip inputs whose output exists (resume an interrupted run).")
+]
+JsonReport = Annotated[
+    bool, typer.Option("--json", help="Write one JSON object per input on stdout, then a summary object.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; errors only.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+Precision = Annotated[str, typer.Option("--precision", help="fp32 (default), bf16, or fp16 (GPU only).")]
+Backend = Annotated[str, typer.Option("--backend", help="torch, or onnx (exported once, run with onnxruntime).")]
+Offline = Annotated[
+    bool, typer.Option("--offline", help="Never touch the network: use cached or local weights (also HF_HUB_OFFLINE=1).")
+]
+WeightsDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--weights-dir",
+        help="Folder holding the weights files (also IMGFORGE_WEIGHTS_DIR); looked up before the cache.",
+        show_default=False,
+    ),
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed, for reproducible results.")]

@@ -1,0 +1,1 @@
+"""Per-family conformance checks used by tests/test_conformance.py."""
