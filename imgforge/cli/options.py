@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json as json_module
+import sys
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
+
+from ..errors import PartialFailure
+from ..progress import console
+
+if TYPE_CHECKING:  # batch pulls in OpenCV and Pillow, which commands that do not read images need not load
+    from ..batch import BatchReport
 
 Inputs = Annotated[List[str], typer.Argument(help="Input images, folders or glob patterns.", show_default=False)]
 Output = Annotated[
@@ -41,3 +49,18 @@ WeightsDir = Annotated[
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed, for reproducible results.")]
+
+
+def finish_batch(report: BatchReport, *, json: bool = False, quiet: bool = False) -> None:
+    """The end of every batch command: a summary line on stderr (unless --quiet), the summary object on stdout
+    with --json, and PartialFailure (exit 3) if any input failed."""
+    failed = len(report.failed)
+    if not quiet:
+        console.print(f"{report.done} done, {report.skipped} skipped, {failed} failed", markup=False, highlight=False)
+    if json:
+        summary = {"summary": {"done": report.done, "skipped": report.skipped, "failed": failed}}
+        sys.stdout.write(json_module.dumps(summary) + "\n")
+        sys.stdout.flush()
+    if failed:
+        total = report.done + report.skipped + failed
+        raise PartialFailure(f"{failed} of {total} inputs failed (listed above)")

@@ -1,0 +1,155 @@
+"""`imgforge models`: list the model zoo, download weights ahead of time, re-check them, print their paths.
+
+imgforge.hub is imported inside the commands: it pulls in huggingface_hub (~0.1 s), which every other
+`imgforge` command would otherwise pay at start-up."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+from ..errors import ChecksumMismatch, ImgforgeError
+from ..manifest import ModelEntry, get_model, load_manifest, models_for_task
+from ..progress import console
+from .app import app, fail
+from .options import Offline, Quiet, WeightsDir
+
+models_app = typer.Typer(help="List, download, verify and locate model weights.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+Names = Annotated[
+    List[str], typer.Argument(help="Model names, as `imgforge models list` shows them.", show_default=False)
+]
+
+
+@models_app.command("list")
+def list_models(
+    task: Annotated[Optional[str], typer.Option("--task", help="Only this task: translate, restore or sample.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON array (one object per model).")] = False,
+    weights_dir: WeightsDir = None,
+) -> None:
+    """List the models imgforge knows, where their weights come from, and whether they are cached."""
+    from ..hub import cached_file
+
+    entries = models_for_task(task) if task else list(load_manifest().values())
+    rows = [_describe(entry, {role: cached_file(entry, role, weights_dir=weights_dir) for role in entry.files})
+            for entry in entries]
+    if json_output:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("task", "description", "source", "pinned", "verified", "cached", box=None)
+    table.columns.insert(0, Column("name", no_wrap=True))
+    for row in rows:  # a file is "verified" when the manifest knows its sha256
+        table.add_row(row["name"], row["task"], row["description"], row["source"],
+                      *(_count(row, key) for key in ("pinned", "sha256", "cached")))
+    _stdout().print(table)
+
+
+@models_app.command()
+def pull(names: Names, offline: Offline = False, weights_dir: WeightsDir = None, quiet: Quiet = False) -> None:
+    """Download models' weights into the cache (checking their sha256 where known), e.g. before going offline."""
+    from ..hub import fetch_model
+
+    entries = [get_model(name) for name in names]  # an unknown name fails before anything is downloaded
+    for entry in entries:
+        paths = fetch_model(entry, offline=offline, weights_dir=weights_dir, quiet=quiet)
+        for role, path in paths.items():
+            note = "" if entry.files[role].sha256 else " (no sha256 known: not verified)"
+            console.print(f"{entry.name} {role}: {path}{note}", soft_wrap=True)
+
+
+@models_app.command()
+def verify(
+    names: Annotated[Optional[List[str]], typer.Argument(help="Model names; default: every cached model.",
+                                                         show_default=False)] = None,
+    weights_dir: WeightsDir = None,
+) -> None:
+    """Re-hash cached weights against the manifest's sha256; a mismatching cached file is deleted (exit 1)."""
+    from ..hub import cached_file, verify as verify_file
+
+    if names:
+        entries = [get_model(name) for name in names]
+    else:
+        entries = [entry for entry in load_manifest().values()
+                   if any(cached_file(entry, role, weights_dir=weights_dir) for role in entry.files)]
+        if not entries:
+            console.print("no model has cached files")
+            return
+    table = Table("model", "file", "status", "path", box=None)
+    mismatches = 0
+    for entry in entries:
+        for role, source in entry.files.items():
+            path = cached_file(entry, role, weights_dir=weights_dir)
+            if path is None:
+                status = "not cached"
+            else:
+                try:
+                    status = "ok" if verify_file(entry, source, path, rehash=True) else "no sha256 known"
+                except ChecksumMismatch:
+                    status = "[red]MISMATCH[/red]"
+                    mismatches += 1
+            table.add_row(entry.name, role, status, str(path or ""))
+    _stdout().print(table)
+    if mismatches:
+        fail(f"{mismatches} file(s) did not match the manifest's sha256 (deleted from the cache where cached; "
+             "'imgforge models pull' downloads them again)")
+
+
+@models_app.command("path")
+def path_command(
+    name: Annotated[str, typer.Argument(help="Model name.", show_default=False)],
+    role: Annotated[Optional[str], typer.Option("--role", help="Only this file (e.g. weights, generator).")] = None,
+    weights_dir: WeightsDir = None,
+) -> None:
+    """Print the local paths of a model's cached files (`role<TAB>path`, or just the path with --role)."""
+    from ..hub import cached_file, file_source
+
+    entry = get_model(name)
+    roles = [file_source(entry, role).role] if role else list(entry.files)
+    found = {}
+    for each in roles:
+        local = cached_file(entry, each, weights_dir=weights_dir)
+        if local is None:
+            raise ImgforgeError(f"'{entry.files[each].path}' ({each}) of model '{name}' is not cached; "
+                                f"run 'imgforge models pull {name}'")
+        found[each] = local
+    for each, local in found.items():
+        typer.echo(str(local) if role else f"{each}\t{local}")
+
+
+def _stdout() -> Console:
+    """Tables go to stdout; piped, they keep long names and descriptions on one line."""
+    out = Console()
+    return out if out.is_terminal else Console(width=200)
+
+
+def _describe(entry: ModelEntry, cached: dict) -> dict:
+    """A model as `models list --json` prints it."""
+    files = {}
+    for role, source in entry.files.items():
+        files[role] = {
+            "hub": source.hub, "path": source.path, "revision": source.revision, "urls": list(source.urls),
+            "member": source.member, "sha256": source.sha256, "size": source.size, "pinned": source.pinned,
+            "cached": str(cached[role]) if cached[role] else None,
+        }
+    sources = {f"hub:{s.hub}" if s.hub else f"url:{s.urls[0].split('/')[2]}" for s in entry.files.values()}
+    return {
+        "name": entry.name, "task": entry.task, "arch": entry.arch, "description": entry.description,
+        "license": entry.license, "homepage": entry.homepage, "direction": entry.direction,
+        "source": ", ".join(sorted(sources)),
+        "pinned": all(f["pinned"] for f in files.values()),
+        "verified": all(f["sha256"] for f in files.values()),
+        "cached": all(f["cached"] for f in files.values()),
+        "files": files,
+    }
+
+
+def _count(row: dict, key: str) -> str:
+    """'yes', 'no', or 'k/n' files, for one yes/no property of a model's files."""
+    hits = sum(bool(f[key]) for f in row["files"].values())
+    total = len(row["files"])
+    return "yes" if hits == total else "no" if hits == 0 else f"{hits}/{total}"
