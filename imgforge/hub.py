@@ -279,7 +279,7 @@ def _download(url: str, target: Path, quiet: bool, label: str) -> None:
         with urllib.request.urlopen(request, timeout=_URL_TIMEOUT_S) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             received = 0
-            with make_progress(quiet=quiet, transient=True) as progress:
+            with make_progress(quiet=quiet, transient=True, transfer=True) as progress:
                 task = progress.add_task(label, total=total)
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
