@@ -1,1 +1,49 @@
+"""imgforge: pix2pix/CycleGAN translation, old-photo restoration and DDPM sampling from the official weights.
+
+The public API, imported lazily so that `import imgforge` (and `imgforge --help`) stays fast:
+
+    translate(inputs, output, model=..., ...)   -> BatchReport    imgforge.pipelines.translate
+    restore(inputs, output, ...)                -> BatchReport    imgforge.pipelines.restore
+    sample(model, num=..., steps=..., ...)      -> SampleReport   imgforge.pipelines.sample
+    translate_image(image, ...), restore_image(picture_or_array, ...)   in-memory, one image
+    load_model(name, ...)                       the loaded network(s) of a model in the zoo
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
 __version__ = "0.1.0"
+
+_API = {
+    "translate": "translate",
+    "translate_image": "translate",
+    "restore": "restore",
+    "restore_image": "restore",
+    "sample": "sample",
+}
+
+__all__ = ["__version__", "load_model", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(import_module(f".pipelines.{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'imgforge' has no attribute {name!r}")
+
+
+def load_model(name: str, **options):
+    """The network(s) of a zoo model, ready to run: a DDPM `DiffusionModel` (sample), a pix2pix/CycleGAN
+    generator (translate) or an old-photo `Restorer` (restore). `options` go to the task's loader
+    (offline=, weights_dir=, quiet=, and the task's own, e.g. netG= for translate)."""
+    from .manifest import get_model
+
+    task = get_model(name).task
+    if task == "sample":
+        return import_module(".pipelines.sample", __name__).load_model(name, **options)
+    if task == "translate":
+        return import_module(".pipelines.translate", __name__).load_generator(name, **options)
+    restore = import_module(".pipelines.restore", __name__)
+    kind = next(k for k, model in restore.MODELS.items() if model == name)
+    settings = restore.Settings(scratches=kind != "quality", hr=kind == "hr")
+    return restore.Restorer(settings, **options)

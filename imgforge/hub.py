@@ -155,7 +155,11 @@ def _in_weights_dir(entry: ModelEntry, source: FileSource, weights_dir: Path | N
     if not folder:
         return None
     folder = Path(folder).expanduser()
-    for candidate in (folder / source.path, folder / entry.name / source.basename, folder / source.basename):
+    candidates = [folder / source.path, folder / entry.name / source.basename]
+    # A loose file by its bare name only for bare paths: several files share names like latest_net_G.pth.
+    if "/" not in source.path:
+        candidates.append(folder / source.basename)
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     return None

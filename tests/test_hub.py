@@ -198,10 +198,12 @@ files.wrong = {{ urls = ["{url}"], member = "a.pth", sha256 = "{_sha(OTHER)}" }}
     assert not list(hub.hub_cache_dir().rglob("a.pth")) and not list(hub.hub_cache_dir().rglob("ckpt.zip"))
 
 
-@pytest.mark.parametrize("layout", ["sub/w.bin", "tiny/w.bin", "w.bin"])
-def test_weights_dir_is_looked_up_first(hub_server, write_manifest, tmp_path, monkeypatch, layout):
-    hub_server.add_file("org/tiny", "sub/w.bin", DATA)
-    _zoo(write_manifest, tmp_path, f'files.weights = {hub_server.file_table("org/tiny", "sub/w.bin")}')
+@pytest.mark.parametrize(
+    "repo_path, layout", [("sub/w.bin", "sub/w.bin"), ("sub/w.bin", "tiny/w.bin"), ("w.bin", "w.bin")]
+)
+def test_weights_dir_is_looked_up_first(hub_server, write_manifest, tmp_path, monkeypatch, repo_path, layout):
+    hub_server.add_file("org/tiny", repo_path, DATA)
+    _zoo(write_manifest, tmp_path, f'files.weights = {hub_server.file_table("org/tiny", repo_path)}')
     folder = tmp_path / "weights"
     (folder / layout).parent.mkdir(parents=True)
     (folder / layout).write_bytes(DATA)
@@ -209,6 +211,16 @@ def test_weights_dir_is_looked_up_first(hub_server, write_manifest, tmp_path, mo
     monkeypatch.setenv("IMGFORGE_WEIGHTS_DIR", str(folder))
     assert hub.fetch_file(get_model("tiny"), "weights") == folder / layout
     assert hub_server.requests == []
+
+
+def test_loose_file_does_not_stand_in_for_a_file_in_a_folder(hub_server, write_manifest, tmp_path):
+    # official checkpoints share names (latest_net_G.pth): a loose one must not be taken for all of them
+    hub_server.add_file("org/tiny", "sub/w.bin", DATA)
+    _zoo(write_manifest, tmp_path, f'files.weights = {hub_server.file_table("org/tiny", "sub/w.bin")}')
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(OTHER)
+    assert hub.fetch_file(get_model("tiny"), "weights", weights_dir=folder, quiet=True).read_bytes() == DATA
 
 
 def test_weights_dir_order_and_bad_file_kept(hub_server, write_manifest, tmp_path):

@@ -1,0 +1,64 @@
+"""`imgforge restore`: old-photo restoration (scratch detection, VAE + latent mapping), see docs/restore.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import options
+from .app import app
+
+
+@app.command()
+def restore(
+    inputs: options.Inputs,
+    output: options.Output = None,
+    scratches: Annotated[
+        bool, typer.Option("--scratches/--no-scratches", help="Detect and repair scratches, or only fix quality.")
+    ] = True,
+    mode: Annotated[
+        str, typer.Option("--mode", help="full: work at the photo's size; scale: at a shorter side of 256 px.")
+    ] = "full",
+    hr: Annotated[
+        bool, typer.Option("--hr", help="High-resolution scratched photos: the patch-attention mapping model.")
+    ] = False,
+    mask: Annotated[
+        Optional[Path],
+        typer.Option("--mask", help="Scratch mask (white = scratch) instead of detection: a file, or a folder of "
+                     "masks named like the inputs.", show_default=False),
+    ] = None,
+    mask_dilation: Annotated[
+        Optional[int],
+        typer.Option("--mask-dilation", min=0, help="Grow the mask by this many 3x3 dilations (default: 3 with "
+                     "--hr, else 0).", show_default=False),
+    ] = None,
+    save_mask: Annotated[
+        bool, typer.Option("--save-mask", help="Also write the scratch mask beside each output (<name>_mask.png).")
+    ] = False,
+    stretch: Annotated[
+        bool, typer.Option("--stretch/--no-stretch", help="The official min-max contrast stretch of the output.")
+    ] = True,
+    recursive: options.Recursive = False,
+    suffix: options.Suffix = "",
+    output_format: options.OutputFormat = None,
+    skip_existing: options.SkipExisting = False,
+    json: options.JsonReport = False,
+    quiet: options.Quiet = False,
+    device: options.Device = "auto",
+    precision: options.Precision = "fp32",
+    offline: options.Offline = False,
+    weights_dir: options.WeightsDir = None,
+) -> None:
+    """Restore old photos: repair scratches, then reduce noise, blur and fading (Bringing Old Photos Back to
+    Life, global stage). Outputs keep the input's size, metadata and alpha; default name <name>_restored."""
+    from ..pipelines.restore import restore as run_restore
+
+    report = run_restore(
+        inputs, output, scratches=scratches, mode=mode.lower(), hr=hr, mask=mask, mask_dilation=mask_dilation,
+        save_mask=save_mask, stretch=stretch, device=device, precision=precision, recursive=recursive,
+        suffix=suffix, output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json,
+        offline=offline, weights_dir=weights_dir,
+    )
+    options.finish_batch(report, json=json, quiet=quiet)

@@ -1,0 +1,1 @@
+"""Pre- and post-processing around the networks, one module per task."""

@@ -1,0 +1,387 @@
+"""Old-photo restoration ("Bringing Old Photos Back to Life", global stage), in one process.
+
+The official code runs detection.py and test.py as separate processes that pass image folders; here the same
+computation runs as a sequence of stages over one in-memory `Work` item (docs/restore.md has the details):
+
+    prepare    resize to the processing size: with scratches, each side rounded to a multiple of 16 (bicubic,
+               detection.py `full_size`; `scale`: shorter side 256 first); without, to a multiple of 4
+               (bilinear, test.py `Full`; `scale`: test.py `Scale`)
+    mask       detect scratches (grey, Normalize(0.5, 0.5), bilinear resize to a short side of 256 in
+               multiples of 16, U-Net, sigmoid, nearest resize back, P >= 0.4) or take the given mask; dilate
+    global     paint the scratches white, Normalize(0.5, 0.5), VAE_A encode, mapping, VAE_B decode, then the
+               official save_image(normalize=True) min-max stretch and rounding to 8 bits
+    finish     back to the input's size (bicubic), grey out for grey in, the input's alpha
+
+A face stage (detect, enhance, blend back on the global result, as the official stages 2-4) belongs between
+`global` and `finish`: `Restorer.stages()` is the one list to extend.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .. import hub, imageio, manifest, runtime
+from ..batch import IMAGE_EXTENSIONS, BatchReport, Job, plan_jobs, run_batch
+from ..checkpoint import load_state_dict
+from ..errors import ImgforgeError, InputError
+from ..imageio import Picture
+from ..nets.mapping import build_mapping
+from ..nets.scratch_unet import build_scratch_detector
+from ..nets.vae import build_vae
+from ..progress import console
+
+MODELS = {"quality": "oldphoto-quality", "scratch": "oldphoto-scratch", "hr": "oldphoto-hr"}
+MODES = ("full", "scale")
+MASK_THRESHOLD = 0.4  # detection.py: scratch where sigmoid(logit) >= 0.4
+DETECTION_SHORT_SIDE = 256  # detection.py scale_tensor: the U-Net always sees a short side of 256
+SCALE_SHORT_SIDE = 256  # test.py `Scale` / detection.py `scale_256`
+HR_MASK_DILATION = 3  # test.py parameter_set with --HR
+MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
+MASK_SUFFIX = "_mask"
+
+
+@dataclass
+class Work:
+    """What flows through the stages: the image (uint8 H x W x 3) at the current stage's size, the scratch mask
+    (bool H x W, True = scratch) at the same size, or None on the quality path."""
+
+    image: np.ndarray
+    mask: np.ndarray | None = None
+
+
+@dataclass
+class RestoreResult:
+    pixels: np.ndarray  # uint8 H x W x 3 (H x W x 1 for a grey input), the input's size
+    alpha: np.ndarray | None  # the input's alpha, unchanged
+    mask: np.ndarray | None  # bool H x W at the input's size: the scratches restored (after dilation)
+
+
+@dataclass(frozen=True)
+class Settings:
+    scratches: bool = True
+    mode: str = "full"
+    hr: bool = False
+    mask_dilation: int | None = None  # None: 3 with hr, else 0
+    stretch: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "hr" if self.hr else ("scratch" if self.scratches else "quality")
+
+    @property
+    def dilation(self) -> int:
+        if self.mask_dilation is not None:
+            return self.mask_dilation
+        return HR_MASK_DILATION if self.hr else 0
+
+    def check(self, *, has_mask: bool = False, save_mask: bool = False) -> None:
+        if self.mode not in MODES:
+            raise ImgforgeError(f"unknown mode {self.mode!r}: use full or scale")
+        if self.mask_dilation is not None and self.mask_dilation < 0:
+            raise ImgforgeError("--mask-dilation must be 0 or more iterations")
+        if not self.scratches:
+            for used, option in ((self.hr, "--hr"), (has_mask, "--mask"), (save_mask, "--save-mask"),
+                                 (self.mask_dilation is not None, "--mask-dilation")):
+                if used:
+                    raise ImgforgeError(f"{option} works on scratches; it cannot be combined with --no-scratches")
+
+
+class Restorer:
+    """The networks of one restoration kind, loaded once, and the stages that use them."""
+
+    def __init__(self, settings: Settings, *, device: str = "auto", precision: str = "fp32",
+                 offline: bool | None = None, weights_dir: Path | None = None, quiet: bool = False):
+        self.settings = settings
+        self.device = runtime.select_device(device)
+        self.dtype = runtime.select_dtype(precision, self.device)
+        self.entry = manifest.get_model(MODELS[settings.kind])
+        config = self.entry.config
+        paths = _fetch(self.entry, offline, weights_dir, quiet)
+        weights = {role: load_state_dict(path) for role, path in paths.items()}
+        self.vae_a = build_vae(weights["vae_a"], **config.get("vae", {})).to(self.device)
+        self.mapping = build_mapping(settings.kind, weights["mapping"], **config.get("mapping", {})).to(self.device)
+        self.vae_b = build_vae(weights["vae_b"], **config.get("vae", {})).to(self.device)
+        self.detector = None
+        if settings.scratches:
+            self.detector = build_scratch_detector(weights["detector"], **config.get("detector", {})).to(self.device)
+
+    def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
+        if not self.settings.scratches:
+            return [self.prepare_quality, self.restore_global]
+        find_mask = self.detect_scratches if given_mask is None else _mask_stage(given_mask)
+        return [self.prepare_scratch, find_mask, self.dilate, self.restore_global]
+
+    def run(self, picture: Picture, given_mask: np.ndarray | None = None) -> RestoreResult:
+        if min(picture.width, picture.height) < MIN_SIDE:
+            raise InputError(f"the image is {picture.width}x{picture.height}; restore needs at least "
+                             f"{MIN_SIDE} pixels on each side")
+        if given_mask is not None and given_mask.shape != (picture.height, picture.width):
+            raise InputError(f"the mask is {given_mask.shape[1]}x{given_mask.shape[0]}, the image "
+                             f"{picture.width}x{picture.height}; they must have the same size")
+        work = Work(np.asarray(picture.to_pil("RGB")))
+        for stage in self.stages(given_mask):
+            work = stage(work)
+        return _finish(work, picture)
+
+    # -- stages ------------------------------------------------------------------------------------------
+
+    def prepare_quality(self, work: Work) -> Work:
+        """test.py data_transforms: each side rounded to a multiple of 4 (after scaling the short side to 256
+        in `scale` mode), PIL bilinear."""
+        size = _rounded_size(work.image.shape[1], work.image.shape[0], 4, self.settings.mode == "scale")
+        return replace(work, image=_pil_resize(work.image, size, Image.BILINEAR))
+
+    def prepare_scratch(self, work: Work) -> Work:
+        """detection.py data_transforms (`full_size` / `scale_256`): multiples of 16, PIL bicubic. The
+        restoration reads this resized image too, as run.py passes detection's `input` folder to test.py."""
+        size = _rounded_size(work.image.shape[1], work.image.shape[0], 16, self.settings.mode == "scale")
+        return replace(work, image=_pil_resize(work.image, size, Image.BICUBIC))
+
+    def detect_scratches(self, work: Work) -> Work:
+        grey = np.array(Image.fromarray(work.image).convert("L"))
+        x = _normalised(torch.from_numpy(grey)[None, None])
+        height, width = grey.shape
+        with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
+            scaled = F.interpolate(x.to(self.device), _detection_size(height, width), mode="bilinear")
+            probability = torch.sigmoid(self.detector(scaled).float())
+        probability = F.interpolate(probability, [height, width], mode="nearest")
+        return replace(work, mask=(probability >= MASK_THRESHOLD)[0, 0].cpu().numpy())
+
+    def dilate(self, work: Work) -> Work:
+        """test.py: cv2.dilate, 3x3 kernel, `mask_dilation` iterations."""
+        if self.settings.dilation == 0:
+            return work
+        grown = cv2.dilate(work.mask.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=self.settings.dilation)
+        return replace(work, mask=grown.astype(bool))
+
+    def restore_global(self, work: Work) -> Work:
+        image = work.image
+        if work.mask is not None:  # irregular_hole_synthesize: scratch pixels become white
+            image = np.where(work.mask[:, :, None], np.uint8(255), image)
+        x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]).to(self.device)
+        with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
+            latent = self.vae_a.encode(x)
+            if work.mask is None:
+                mapped = self.mapping(latent)
+            else:
+                mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
+                mapped = self.mapping(latent, mask)
+            generated = self.vae_b.decode(mapped).float()
+        return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
+
+
+def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
+                  hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
+                  stretch: bool = True, device: str = "auto", precision: str = "fp32", offline: bool | None = None,
+                  weights_dir: Path | None = None, quiet: bool = True) -> RestoreResult:
+    """Restore one image in memory: a Picture or an array (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]).
+    `mask`: a Picture or array of the image's size, scratches white/True. Loads the networks on each call;
+    restore() loads them once for many files."""
+    settings = Settings(scratches, mode, hr, mask_dilation, stretch)
+    settings.check(has_mask=mask is not None)
+    picture = picture_or_array if isinstance(picture_or_array, Picture) else _picture_from_array(picture_or_array)
+    restorer = Restorer(settings, device=device, precision=precision, offline=offline, weights_dir=weights_dir,
+                        quiet=quiet)
+    return restorer.run(picture, None if mask is None else mask_array(mask))
+
+
+def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None, *,
+            scratches: bool = True, mode: str = "full", hr: bool = False, mask: str | os.PathLike | None = None,
+            mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, device: str = "auto",
+            precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
+            skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
+            weights_dir: str | os.PathLike | None = None) -> BatchReport:
+    """Restore image files (files, folders, globs) into `output` (a file for one input, else a folder; default:
+    beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a folder of masks
+    named like the inputs. With save_mask, the scratch mask is written beside each output as <name>_mask.png."""
+    settings = Settings(scratches, mode, hr, mask_dilation, stretch)
+    settings.check(has_mask=mask is not None, save_mask=save_mask)
+    sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
+    jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
+                     extension=output_format, default_suffix="_restored")
+    find_mask = _mask_finder(Path(mask), len(jobs)) if mask is not None else None
+    restorer = Restorer(settings, device=device, precision=precision, offline=offline,
+                        weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet)
+
+    def load(job: Job) -> tuple[Picture, np.ndarray | None]:
+        given = mask_array(imageio.read_image(find_mask(job.source))) if find_mask else None
+        return imageio.read_image(job.source), given
+
+    def compute(items: list[tuple[Picture, np.ndarray | None]]) -> list[RestoreResult]:
+        return [restorer.run(picture, given) for picture, given in items]
+
+    def save(job: Job, item: tuple[Picture, np.ndarray | None], result: RestoreResult) -> dict:
+        record = {"model": restorer.entry.name, "mode": mode}
+        if result.mask is not None:
+            record["scratch_fraction"] = round(float(result.mask.mean()), 6)
+        if save_mask and result.mask is not None:  # before the output: an existing output implies its mask
+            mask_path = job.target.with_name(job.target.stem + MASK_SUFFIX + ".png")
+            imageio.write_image(mask_path, result.mask.astype(np.uint8) * 255)
+            record["mask"] = str(mask_path)
+        imageio.write_image(job.target, result.pixels, alpha=result.alpha, like=item[0])
+        return record
+
+    return run_batch(jobs, load=load, compute=compute, save=save, skip_existing=skip_existing, quiet=quiet,
+                     label="restoring", json_lines=json)
+
+
+def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
+    """A user's mask -> bool H x W, True = scratch: a picture or uint8 array where its grey value is >= 128
+    (white marks scratches), a bool array as it is, a float array where >= 0.5."""
+    if isinstance(mask, Picture):
+        mask = np.asarray(mask.to_pil("L"))
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    elif mask.ndim == 3:
+        mask = np.asarray(Image.fromarray(_as_uint8(mask[:, :, :3])).convert("L"))
+    if mask.ndim != 2:
+        raise InputError(f"a mask must be H x W (or an image), not {mask.shape}")
+    if mask.dtype == bool:
+        return mask
+    if np.issubdtype(mask.dtype, np.floating):
+        return mask >= 0.5
+    return _as_uint8(mask) >= 128
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: Path | None, quiet: bool) -> dict[str, Path]:
+    folder = weights_dir or os.environ.get("IMGFORGE_WEIGHTS_DIR")
+    if not quiet:
+        console.print(f"loading {entry.name}", markup=False, highlight=False)
+    paths = {}
+    for role, source in entry.files.items():
+        lookup = _official_layout_folder(Path(folder).expanduser(), source) if folder else None
+        paths[role] = hub.fetch_file(entry, role, offline=offline, weights_dir=lookup, quiet=quiet)
+    return paths
+
+
+def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
+    """Users point --weights-dir at the official Global/checkpoints folder or at Global/ above it. Hub paths
+    start at detection/ or restoration/ (inside checkpoints/), members of global_checkpoints.zip at
+    checkpoints/ (one level up): look each file up from the folder that holds its path's first component."""
+    first = PurePosixPath(source.path).parts[0]
+    for candidate in (folder, folder / "checkpoints", folder.parent):
+        if (candidate / first).is_dir():
+            return candidate
+    return folder
+
+
+def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
+    if mask.is_dir():
+        def in_folder(source: Path) -> Path:
+            for extension in sorted(IMAGE_EXTENSIONS):
+                for candidate in (mask / (source.stem + extension), mask / (source.stem + extension.upper())):
+                    if candidate.is_file():
+                        return candidate
+            raise InputError(f"no mask named {source.stem}.* in {mask}")
+
+        return in_folder
+    if not mask.is_file():
+        raise InputError(f"cannot read mask {mask}: no such file or folder")
+    if job_count > 1:
+        raise InputError(f"--mask {mask} is one file but there are {job_count} inputs; give a folder of masks "
+                         "named like the inputs")
+    return lambda source: mask
+
+
+def _mask_stage(mask: np.ndarray) -> Callable[[Work], Work]:
+    def given_mask(work: Work) -> Work:
+        """The user's mask, resized (nearest) to the processing size."""
+        height, width = work.image.shape[:2]
+        resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+        return replace(work, mask=resized.astype(bool))
+
+    return given_mask
+
+
+def _rounded_size(width: int, height: int, multiple: int, scale: bool) -> tuple[int, int]:
+    """The official size rule (detection.py / test.py data_transforms): optionally scale the shorter side to
+    256, then round each side to a multiple with Python's round() (halves to even, as the originals do)."""
+    if scale:
+        if width < height:
+            width, height = SCALE_SHORT_SIDE, height / width * SCALE_SHORT_SIDE
+        else:
+            width, height = width / height * SCALE_SHORT_SIDE, SCALE_SHORT_SIDE
+    size = int(round(width / multiple) * multiple), int(round(height / multiple) * multiple)
+    if min(size) < MIN_SIDE:
+        raise InputError(f"the image is too narrow to restore ({width:.0f}x{height:.0f} rounds to "
+                         f"{size[0]}x{size[1]})")
+    return size
+
+
+def _detection_size(height: int, width: int) -> list[int]:
+    """detection.py scale_tensor: the shorter side to 256, both sides rounded to multiples of 16."""
+    if height < width:
+        height, width = DETECTION_SHORT_SIDE, width / height * DETECTION_SHORT_SIDE
+    else:
+        height, width = height / width * DETECTION_SHORT_SIDE, DETECTION_SHORT_SIDE
+    return [int(round(height / 16) * 16), int(round(width / 16) * 16)]
+
+
+def _pil_resize(image: np.ndarray, size: tuple[int, int], method: int) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, method))
+
+
+def _normalised(pixels: torch.Tensor) -> torch.Tensor:
+    """ToTensor then Normalize(0.5, 0.5), in torchvision's order of float32 operations."""
+    return pixels.float().div(255).sub_(0.5).div_(0.5)
+
+
+def _to_uint8(images: torch.Tensor, *, stretch: bool) -> np.ndarray:
+    """torchvision save_image of a (1, 3, H, W) batch in [0, 1]: with normalize=True (stretch) a min-max
+    stretch over the whole batch, then v * 255 + 0.5 clamped to [0, 255] and truncated."""
+    x = images.clone()
+    if stretch:
+        low, high = float(x.min()), float(x.max())
+        x.clamp_(min=low, max=high).sub_(low).div_(max(high - low, 1e-5))
+    return x[0].mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def _finish(work: Work, picture: Picture) -> RestoreResult:
+    """Back to the input's size (PIL bicubic for the image, nearest for the mask); grey out for grey in."""
+    size = (picture.width, picture.height)
+    image = Image.fromarray(work.image)
+    if image.size != size:
+        image = image.resize(size, Image.BICUBIC)
+    pixels = np.asarray(image.convert("L"))[:, :, None] if picture.is_grey else np.asarray(image)
+    mask = None
+    if work.mask is not None:
+        mask = cv2.resize(work.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    return RestoreResult(pixels=pixels, alpha=picture.alpha, mask=mask)
+
+
+def _as_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        return np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
+    raise InputError(f"image arrays must be uint8, uint16 or float in [0, 1], not {array.dtype}")
+
+
+def _picture_from_array(array: np.ndarray) -> Picture:
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(f"an image array must be H x W, H x W x 1, 3 or 4, not {array.shape}")
+    if array.dtype not in (np.uint8, np.uint16):
+        array = _as_uint8(array)
+    alpha = array[:, :, 3] if array.shape[2] == 4 else None
+    return Picture(pixels=np.ascontiguousarray(array[:, :, :3]), alpha=alpha, icc_profile=None, exif=None,
+                   format="", path=None)

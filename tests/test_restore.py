@@ -1,0 +1,318 @@
+"""imgforge.pipelines.restore: the official pre/post-processing rules, stage wiring, sizes, grey/alpha/metadata.
+
+Networks are tiny random copies of the official architectures (the manifest's `config` table shrinks them);
+weights are read from a --weights-dir laid out like the official Global/checkpoints folder, so no download
+happens here (tests/test_restore_cli.py covers the downloads)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageCms
+
+from imgforge.errors import ImgforgeError, InputError
+from imgforge.nets.mapping import build_mapping
+from imgforge.nets.scratch_unet import build_scratch_detector
+from imgforge.nets.vae import build_vae
+from imgforge.pipelines import restore as pipeline
+
+TINY_CONFIG = {"detector": {"wf": 2}, "vae": {"ngf": 16}, "mapping": {"mc": 128, "n_blocks": 1}}
+# the HR mapping has a fixed number of blocks
+TINY_CONFIG_TOML = "config = {{ detector = {{ wf = 2 }}, vae = {{ ngf = 16 }}, mapping = {{ mc = 128{blocks} }} }}"
+ZIP_URL = "https://github.com/microsoft/Bringing-Old-Photos-Back-to-Life/releases/download/v1.0/global_checkpoints.zip"
+
+# official checkpoint layout (Global/checkpoints/...) -> what the file holds
+CHECKPOINT_FILES = {
+    "detection/FT_Epoch_latest.pt": "detector",
+    "restoration/VAE_A_quality/latest_net_G.pth": "vae_a",
+    "restoration/VAE_B_quality/latest_net_G.pth": "vae_b_quality",
+    "restoration/VAE_B_scratch/latest_net_G.pth": "vae_b_scratch",
+    "restoration/mapping_quality/latest_net_mapping_net.pth": "mapping_quality",
+    "restoration/mapping_scratch/latest_net_mapping_net.pth": "mapping_scratch",
+    "restoration/mapping_Patch_Attention/latest_net_mapping_net.pth": "mapping_hr",
+}
+
+
+def _perturbed(net: torch.nn.Module, generator: torch.Generator) -> dict:
+    """Random weights nudged so that nothing is trivially zero; the detector's last bias is lowered so that
+    only part of the image counts as scratched."""
+    state = {}
+    for key, value in net.state_dict().items():
+        if value.is_floating_point() and "running_var" not in key and "filt" not in key:
+            value = value + 0.05 * torch.randn(value.shape, generator=generator)
+        state[key] = value
+    return state
+
+
+def _calibrated_detector(net: torch.nn.Module, state: dict) -> dict:
+    """Shift the last bias so that about 15% of a photo's pixels reach the 0.4 threshold (random weights
+    alone give all or nothing)."""
+    net.load_state_dict(state)
+    grey = cv2.cvtColor(scratched_photo(256, 256), cv2.COLOR_RGB2GRAY)
+    with torch.inference_mode():
+        logits = net.eval()(torch.from_numpy(grey).float()[None, None] / 127.5 - 1)
+    shift = math.log(0.4 / 0.6) - float(logits.quantile(0.85))
+    return {**state, "last.1.bias": state["last.1.bias"] + shift}
+
+
+@functools.lru_cache(maxsize=1)  # shared by both restore test modules
+def tiny_checkpoints() -> dict[str, bytes]:
+    """Official-layout relative path -> torch.save bytes of a tiny network (detector under "model_state")."""
+    generator = torch.Generator().manual_seed(0)
+    nets = {
+        "detector": build_scratch_detector(**TINY_CONFIG["detector"]),
+        "vae_a": build_vae(**TINY_CONFIG["vae"]),
+        "vae_b_quality": build_vae(**TINY_CONFIG["vae"]),
+        "vae_b_scratch": build_vae(**TINY_CONFIG["vae"]),
+        "mapping_quality": build_mapping("quality", **TINY_CONFIG["mapping"]),
+        "mapping_scratch": build_mapping("scratch", **TINY_CONFIG["mapping"]),
+        "mapping_hr": build_mapping("hr", mc=TINY_CONFIG["mapping"]["mc"]),
+    }
+    states = {name: _perturbed(net, generator) for name, net in nets.items()}
+    states["detector"] = {"model_state": _calibrated_detector(nets["detector"], states["detector"])}
+    out = {}
+    for path, name in CHECKPOINT_FILES.items():
+        buffer = io.BytesIO()
+        torch.save(states[name], buffer)
+        out[path] = buffer.getvalue()
+    return out
+
+
+def manifest_tables(sources: dict[str, str]) -> str:
+    """The three oldphoto models with tiny configs; `sources` maps an official-layout path to its inline
+    table (a Hub or URL source)."""
+
+    def model(name: str, files: dict[str, str]) -> str:
+        config = TINY_CONFIG_TOML.format(blocks="" if name == "oldphoto-hr" else ", n_blocks = 1")
+        lines = [f"[models.{name}]", 'task = "restore"', 'arch = "oldphoto"', 'description = "tiny"', config]
+        lines += [f"files.{role} = {sources[path]}" for role, path in files.items()]
+        return "\n".join(lines) + "\n"
+
+    return "\n".join([
+        model("oldphoto-quality", {"vae_a": "restoration/VAE_A_quality/latest_net_G.pth",
+                                   "mapping": "restoration/mapping_quality/latest_net_mapping_net.pth",
+                                   "vae_b": "restoration/VAE_B_quality/latest_net_G.pth"}),
+        model("oldphoto-scratch", {"detector": "detection/FT_Epoch_latest.pt",
+                                   "vae_a": "restoration/VAE_A_quality/latest_net_G.pth",
+                                   "mapping": "restoration/mapping_scratch/latest_net_mapping_net.pth",
+                                   "vae_b": "restoration/VAE_B_scratch/latest_net_G.pth"}),
+        model("oldphoto-hr", {"detector": "detection/FT_Epoch_latest.pt",
+                              "vae_a": "restoration/VAE_A_quality/latest_net_G.pth",
+                              "mapping": "restoration/mapping_Patch_Attention/latest_net_mapping_net.pth",
+                              "vae_b": "restoration/VAE_B_scratch/latest_net_G.pth"}),
+    ])
+
+
+def official_sources(zipped: set[str]) -> dict[str, str]:
+    """Hub sources for the Hub copies, members of the release zip for `zipped` paths (as the real manifest)."""
+    return {path: (f'{{ urls = ["{ZIP_URL}"], member = "checkpoints/{path}" }}' if path in zipped
+                   else f'{{ hub = "leonelhs/zeroscratches", path = "{path}" }}')
+            for path in CHECKPOINT_FILES}
+
+
+ZIPPED = {"restoration/VAE_B_quality/latest_net_G.pth", "restoration/mapping_quality/latest_net_mapping_net.pth",
+          "restoration/mapping_scratch/latest_net_mapping_net.pth"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints() -> dict[str, bytes]:
+    return tiny_checkpoints()
+
+
+@pytest.fixture
+def weights_dir(tmp_path, checkpoints, write_manifest, monkeypatch):
+    """A Global/ folder holding checkpoints/ as the official release unpacks, and the tiny manifest."""
+    monkeypatch.delenv("IMGFORGE_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing here may download
+    root = tmp_path / "Global" / "checkpoints"
+    for path, data in checkpoints.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    write_manifest(tmp_path, manifest_tables(official_sources(ZIPPED)))
+    return root
+
+
+def scratched_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """skimage's astronaut (NASA, public domain) resized, with white scratches drawn on it."""
+    from skimage import data
+
+    photo = cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        x0, x1 = rng.integers(0, width, 2)
+        cv2.line(photo, (int(x0), 0), (int(x1), height - 1), (250, 250, 245), 1)
+    return photo
+
+
+# -- the official size and value rules ------------------------------------------------------------------------
+
+
+def test_rounded_size_follows_python_round_like_the_official_code():
+    for width, height in [(40, 24), (100, 150), (113, 75), (257, 511)]:
+        for multiple in (4, 16):
+            expected = (int(round(width / multiple) * multiple), int(round(height / multiple) * multiple))
+            assert pipeline._rounded_size(width, height, multiple, False) == expected
+    assert pipeline._rounded_size(40, 24, 16, False) == (32, 32)  # 2.5 -> 2 and 1.5 -> 2: halves to even
+
+
+def test_scale_mode_puts_the_shorter_side_at_256():
+    width, height = pipeline._rounded_size(300, 451, 4, True)
+    assert width == 256 and height == int(round(451 / 300 * 256 / 4) * 4)
+    width, height = pipeline._rounded_size(451, 300, 16, True)
+    assert height == 256 and width % 16 == 0
+
+
+def test_detection_size_short_side_256_in_multiples_of_16():
+    for height, width in [(96, 144), (512, 512), (1200, 800)]:
+        size = pipeline._detection_size(height, width)
+        assert min(size) == 256 and all(side % 16 == 0 for side in size)
+        assert math.isclose(size[0] / size[1], height / width, rel_tol=0.1)
+
+
+def test_too_small_images_are_refused():
+    with pytest.raises(InputError, match="too narrow"):
+        pipeline._rounded_size(400, 7, 16, False)
+
+
+def test_stretch_maps_the_whole_image_min_to_0_and_max_to_255():
+    generator = torch.Generator().manual_seed(1)
+    values = 0.2 + 0.5 * torch.rand(1, 3, 8, 8, generator=generator)
+    stretched = pipeline._to_uint8(values, stretch=True).astype(np.float64)
+    assert stretched.min() == 0 and stretched.max() == 255
+    low, high = float(values.min()), float(values.max())
+    expected = np.floor((values[0].permute(1, 2, 0).numpy() - low) / (high - low) * 255 + 0.5)
+    assert np.abs(stretched - expected).max() <= 1  # float32 vs float64 at the .5 boundaries
+    plain = pipeline._to_uint8(values, stretch=False)
+    assert np.array_equal(plain, np.floor(values[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+
+
+def test_stretch_of_a_flat_image_does_not_divide_by_zero():
+    assert not pipeline._to_uint8(torch.full((1, 3, 4, 4), 0.3), stretch=True).any()
+
+
+def test_mask_array_reads_white_as_scratch():
+    grey = np.array([[0, 127], [128, 255]], np.uint8)
+    assert pipeline.mask_array(grey).tolist() == [[False, False], [True, True]]
+    assert pipeline.mask_array(np.array([[0.2, 0.7]])).tolist() == [[False, True]]
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = 255
+    assert pipeline.mask_array(rgb).tolist() == [[True, False], [False, False]]
+
+
+def test_settings_refuse_scratch_options_without_scratches():
+    for kwargs in ({"hr": True}, {"mask_dilation": 2}):
+        with pytest.raises(ImgforgeError, match="--no-scratches"):
+            pipeline.Settings(scratches=False, **kwargs).check()
+    with pytest.raises(ImgforgeError, match="--save-mask"):
+        pipeline.Settings(scratches=False).check(save_mask=True)
+    with pytest.raises(ImgforgeError, match="unknown mode"):
+        pipeline.Settings(mode="crop").check()
+    assert pipeline.Settings(hr=True).dilation == 3 and pipeline.Settings().dilation == 0
+    assert pipeline.Settings(hr=True, mask_dilation=0).dilation == 0
+
+
+def test_official_layout_folder_accepts_global_or_its_checkpoints(tmp_path):
+    (tmp_path / "Global" / "checkpoints" / "restoration").mkdir(parents=True)
+    hub_file = pipeline.manifest.FileSource("vae_a", "restoration/VAE_A_quality/latest_net_G.pth",
+                                            "o/r", None, (), None, None, None)
+    zip_member = pipeline.manifest.FileSource("mapping", "checkpoints/restoration/x/y.pth", None, None,
+                                              (ZIP_URL,), "checkpoints/restoration/x/y.pth", None, None)
+    for folder in (tmp_path / "Global", tmp_path / "Global" / "checkpoints"):
+        assert pipeline._official_layout_folder(folder, hub_file) == tmp_path / "Global" / "checkpoints"
+        assert pipeline._official_layout_folder(folder, zip_member) == tmp_path / "Global"
+
+
+# -- the stages, with tiny networks -----------------------------------------------------------------------------
+
+
+def test_detection_matches_the_official_steps(weights_dir):
+    restorer = pipeline.Restorer(pipeline.Settings(), device="cpu", weights_dir=weights_dir, quiet=True)
+    photo = scratched_photo(100, 150)
+    work = restorer.prepare_scratch(pipeline.Work(photo))
+    assert work.image.shape == (96, 144, 3)
+    mask = restorer.detect_scratches(work).mask
+    # detection.py, step by step: PIL bicubic to /16, "L", ToTensor, Normalize, bilinear to a short side of
+    # 256, U-Net, sigmoid, nearest back, >= 0.4
+    resized = Image.fromarray(photo).resize((144, 96), Image.BICUBIC)
+    x = torch.from_numpy(np.array(resized.convert("L"))).float()[None, None] / 255
+    x = (x - 0.5) / 0.5
+    with torch.inference_mode():
+        p = torch.sigmoid(restorer.detector(F.interpolate(x, [256, 384], mode="bilinear")))
+    expected = F.interpolate(p, [96, 144], mode="nearest")[0, 0] >= 0.4
+    assert mask.dtype == bool and np.array_equal(mask, expected.numpy())
+    assert 0 < mask.mean() < 1
+
+
+def test_scratches_are_painted_white_before_encoding(weights_dir, monkeypatch):
+    restorer = pipeline.Restorer(pipeline.Settings(), device="cpu", weights_dir=weights_dir, quiet=True)
+    seen = []
+    encode = restorer.vae_a.encode
+    monkeypatch.setattr(restorer.vae_a, "encode", lambda x: seen.append(x.clone()) or encode(x))
+    image = scratched_photo(64, 64)
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 5:50] = True
+    restorer.restore_global(pipeline.Work(image, mask))
+    x = seen[0][0].permute(1, 2, 0).numpy()
+    assert np.all(x[mask] == 1.0)  # 255 after Normalize(0.5, 0.5)
+    assert np.allclose(x[~mask], image[~mask] / 255 * 2 - 1, atol=1e-6)
+
+
+def test_dilation_grows_the_mask_by_3x3_steps(weights_dir):
+    restorer = pipeline.Restorer(pipeline.Settings(mask_dilation=2), device="cpu", weights_dir=weights_dir,
+                                 quiet=True)
+    mask = np.zeros((16, 16), bool)
+    mask[8, 8] = True
+    grown = restorer.dilate(pipeline.Work(np.zeros((16, 16, 3), np.uint8), mask)).mask
+    assert grown.sum() == 25 and grown[6:11, 6:11].all()
+
+
+@pytest.mark.parametrize("scratches,hr,mode", [(True, False, "full"), (False, False, "full"),
+                                               (False, False, "scale"), (True, True, "full")])
+def test_output_has_the_input_size(weights_dir, scratches, hr, mode):
+    photo = scratched_photo(75, 113)
+    result = pipeline.restore_image(photo, scratches=scratches, hr=hr, mode=mode, device="cpu",
+                                    weights_dir=weights_dir)
+    assert result.pixels.shape == (75, 113, 3) and result.pixels.dtype == np.uint8
+    assert (result.mask is not None) == scratches
+    if scratches:
+        assert result.mask.shape == (75, 113)
+
+
+def test_given_mask_is_used_as_is(weights_dir):
+    photo = scratched_photo(64, 96)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[30:34, :] = 255
+    result = pipeline.restore_image(photo, mask=mask, device="cpu", weights_dir=weights_dir)
+    assert np.array_equal(result.mask, mask > 0)
+    with pytest.raises(InputError, match="same size"):
+        pipeline.restore_image(photo, mask=mask[:32], device="cpu", weights_dir=weights_dir)
+
+
+def test_grey_stays_grey_and_alpha_is_kept(weights_dir):
+    rgba = np.dstack([scratched_photo(48, 64), np.linspace(0, 255, 48 * 64).reshape(48, 64).astype(np.uint8)])
+    result = pipeline.restore_image(rgba, scratches=False, device="cpu", weights_dir=weights_dir)
+    assert result.pixels.shape == (48, 64, 3) and np.array_equal(result.alpha, rgba[:, :, 3])
+    grey = cv2.cvtColor(scratched_photo(48, 64), cv2.COLOR_RGB2GRAY)
+    result = pipeline.restore_image(grey, device="cpu", weights_dir=weights_dir)
+    assert result.pixels.shape == (48, 64, 1)
+
+
+def test_metadata_is_carried_to_the_output_file(weights_dir, tmp_path):
+    source = tmp_path / "scan.jpg"
+    exif = Image.Exif()
+    exif[0x010E] = "grandma, 1931"  # ImageDescription
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(scratched_photo(64, 80)).save(source, exif=exif.tobytes(), icc_profile=icc, quality=90)
+    report = pipeline.restore(source, tmp_path / "fixed.png", device="cpu", weights_dir=weights_dir, quiet=True)
+    assert report.done == 1 and not report.failed
+    with Image.open(tmp_path / "fixed.png") as out:
+        assert out.size == (80, 64)
+        assert out.info.get("icc_profile") == icc
+        assert out.getexif().get(0x010E) == "grandma, 1931"
