@@ -160,7 +160,10 @@ class OnnxRunner:
         return f"onnxruntime:{self.session.get_providers()[0]}"
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        feeds = {n: x.detach().cpu().float().numpy() for n, x in zip(self.input_names, inputs)}
+        feeds = {
+            n: (x.detach().cpu().float() if x.is_floating_point() else x.detach().cpu()).numpy()
+            for n, x in zip(self.input_names, inputs)
+        }
         (out,) = self.session.run(["output"], feeds)
         return torch.from_numpy(out)
 

@@ -29,8 +29,9 @@ _LEGACY_KEY = re.compile(r"^(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """The UNet2DModel config fields imgforge understands, with diffusers' defaults, except attention_head_dim:
-    absent means one head over all channels, as in the DDPM paper (the note's cifar10 config is null)."""
+    """The UNet2DModel config fields imgforge understands, with diffusers' defaults, so that a config.json means
+    what it means to diffusers. attention_head_dim: null is one head over all channels (the DDPM paper; the
+    google/ddpm-* configs say null); absent is diffusers' default of 8 channels per head."""
 
     sample_size: int | None = None
     in_channels: int = 3
@@ -51,7 +52,7 @@ class UNetConfig:
     upsample_type: str = "conv"
     dropout: float = 0.0
     act_fn: str = "silu"
-    attention_head_dim: int | None = None
+    attention_head_dim: int | None = 8
     norm_num_groups: int = 32
     attn_norm_num_groups: int | None = None
     norm_eps: float = 1e-5

@@ -1,0 +1,66 @@
+"""`imgforge sample`: draw images from a DDPM checkpoint, see docs/sample.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import options
+from .app import app
+from ..progress import console
+
+
+@app.command()
+def sample(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="A model name ('imgforge models list') or a diffusers-format folder.")
+    ] = "ddpm-cifar10-32",
+    num: Annotated[int, typer.Option("-n", "--num", min=1, help="How many images.")] = 16,
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Denoising steps (1000 = the paper's DDPM; fewer with ddim/dpm++2m).")
+    ] = 1000,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddpm, ddim or dpm++2m.")] = "ddpm",
+    eta: Annotated[float, typer.Option("--eta", min=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like.")] = 0.0,
+    spacing: Annotated[
+        Optional[str],
+        typer.Option("--spacing", help="Timestep spacing: leading (ddpm/ddim default) or trailing; dpm++2m "
+                     "defaults to linspace.", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Image i uses seed+i, whatever -n and --batch-size.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per U-Net call.")] = 16,
+    output: Annotated[
+        Optional[Path],
+        typer.Option("-o", "--output", help="Folder for sample_00000.png ... (default: samples/, unless only "
+                     "--grid is given).", show_default=False),
+    ] = None,
+    grid: Annotated[
+        Optional[Path], typer.Option("--grid", help="Also write one tiled picture of all samples.", show_default=False)
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Keep the sample files already there and make only the missing "
+                           "ones (resume an interrupted run).")
+    ] = False,
+    quiet: options.Quiet = False,
+    device: options.Device = "auto",
+    precision: options.Precision = "fp32",
+    backend: options.Backend = "torch",
+    offline: options.Offline = False,
+    weights_dir: options.WeightsDir = None,
+) -> None:
+    """Generate images with DDPM (Ho et al. 2020) from the official checkpoints or your own diffusers model."""
+    from ..pipelines.sample import sample as run_sample
+
+    if output is None and grid is None:
+        output = Path("samples")
+    report = run_sample(
+        model, num=num, steps=steps, sampler=sampler.lower(), eta=eta, spacing=spacing, seed=seed,
+        batch_size=batch_size, device=device, precision=precision, backend=backend.lower(), output=output,
+        grid=grid, skip_existing=skip_existing, quiet=quiet, offline=offline or None, weights_dir=weights_dir,
+    )
+    if not quiet:
+        where = [f"{len(report.written)} images in {output}"] if output is not None else []
+        where += [f"{report.skipped} already there"] if report.skipped else []
+        where += [f"grid {report.grid}"] if report.grid is not None else []
+        console.print("wrote " + ", ".join(where), markup=False, highlight=False)

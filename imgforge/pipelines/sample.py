@@ -1,0 +1,252 @@
+"""Unconditional image generation with DDPM checkpoints in diffusers format (google/ddpm-cifar10-32, the
+256px google/ddpm-* models, or a user's own folder), see docs/sample.md.
+
+Image i starts from its own generator seeded with seed + i, which draws x_T and then every step's noise for
+that image only: an image does not depend on -n, --batch-size or which images were skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .. import hub, manifest, runtime
+from ..checkpoint import load_state_dict
+from ..errors import ImgforgeError, ModelError, OutputError
+from ..nets.ddpm_unet import DDPMUNet, load_unet
+from ..progress import make_progress
+from .samplers import SAMPLERS, NoiseSchedule, make_sampler
+
+DEFAULT_MODEL = "ddpm-cifar10-32"
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+FILE_PATTERN = "sample_{:05d}.png"
+GRID_PADDING = 2
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded U-Net and the noise schedule it was trained with."""
+
+    name: str
+    unet: DDPMUNet
+    schedule: NoiseSchedule
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size or 32
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return self.unet.config.in_channels, height, width
+
+
+@dataclass
+class SampleReport:
+    """What `sample` did: the files written (in index order), how many existed already, the grid, and the
+    images themselves (N x H x W x C uint8) when nothing was written to disk."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: int = 0
+    grid: Path | None = None
+    images: np.ndarray | None = None
+
+
+def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weights_dir: Path | None = None,
+               quiet: bool = False) -> DiffusionModel:
+    """A manifest model name (downloaded on first use) or a local diffusers-format folder: config.json +
+    scheduler_config.json + diffusion_pytorch_model.{safetensors,bin}, or a pipeline folder with unet/ and
+    scheduler/ sub-folders."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        config_path, scheduler_path, weights_path = _folder_files(folder)
+        name = folder.name
+    elif any(sep in model for sep in ("/", "\\")) or model.startswith("."):
+        raise ImgforgeError(f"model folder not found: {model}")
+    else:
+        entry = manifest.get_model(model)
+        if entry.task != "sample" or entry.arch != "ddpm_unet":
+            raise ImgforgeError(f"model '{model}' is a {entry.task} model, not a sampling (DDPM) model")
+        paths = hub.fetch_model(entry, offline=offline, weights_dir=weights_dir, quiet=quiet)
+        config_path, scheduler_path, weights_path = paths["config"], paths["scheduler"], paths["weights"]
+        name = entry.name
+    unet_config = _read_json(config_path)
+    schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
+    unet = load_unet(unet_config, load_state_dict(weights_path), where=str(weights_path))
+    return DiffusionModel(name, unet, schedule)
+
+
+def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000, sampler: str = "ddpm",
+             seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
+             eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
+             on_step: Callable[[], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Yields (indices, uint8 images N x H x W x C) batch by batch; image i is the same whatever else is drawn.
+    The U-Net is moved to `device` (and cast to a reduced `precision`) in place."""
+    if batch_size < 1:
+        raise ImgforgeError(f"--batch-size must be at least 1, not {batch_size}")
+    chosen = make_sampler(sampler, model.schedule, steps, eta=eta, spacing=spacing)
+    torch_device = runtime.select_device(device)
+    dtype = runtime.select_dtype(precision, torch_device)
+    eps_fn = make_eps_function(model.unet, torch_device, dtype, backend, model.image_shape)
+    for start in range(0, len(indices), batch_size):
+        batch = list(indices[start:start + batch_size])
+        generators = [torch.Generator().manual_seed(seed + i) for i in batch]
+
+        def noise() -> torch.Tensor:
+            draws = [torch.randn(model.image_shape, generator=g) for g in generators]
+            return torch.stack(draws).to(torch_device)
+
+        with torch.inference_mode():
+            x = chosen.run(eps_fn, noise(), noise, on_step)
+            pixels = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        yield batch, pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, sampler: str = "ddpm",
+           seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
+           eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
+           output: str | Path | None = None, grid: str | Path | None = None, skip_existing: bool = False,
+           quiet: bool = False, offline: bool | None = None, weights_dir: Path | None = None) -> SampleReport:
+    """Draw `num` images. With `output`, each is written as output/sample_00000.png ... as soon as its batch
+    is done (nothing accumulates in memory; an interrupted run leaves only complete files, and skip_existing
+    resumes it); `grid` writes one tiled picture of all of them. Without either, the images are returned."""
+    from ..imageio import read_image, write_image
+
+    if num < 1:
+        raise ImgforgeError(f"-n/--num must be at least 1, not {num}")
+    if sampler not in SAMPLERS:
+        raise ImgforgeError(f"unknown sampler {sampler!r}: use {', '.join(SAMPLERS)}")
+    if steps < 1 or batch_size < 1:
+        raise ImgforgeError(f"--steps and --batch-size must be at least 1, not {steps} and {batch_size}")
+    folder = Path(output) if output is not None else None
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise OutputError(f"--output must be a folder, and {folder} is a file")
+    grid_path = Path(grid) if grid is not None else None
+    loaded = load_model(model, offline=offline, weights_dir=weights_dir, quiet=quiet)
+    channels, height, width = loaded.image_shape
+    report = SampleReport(grid=grid_path)
+    todo = list(range(num))
+    if folder is not None and skip_existing:
+        todo = [i for i in todo if not (folder / FILE_PATTERN.format(i)).exists()]
+        report.skipped = num - len(todo)
+    keep = np.zeros((num, height, width, channels), np.uint8) if folder is None and grid_path is None else None
+    canvas = _GridCanvas(num, height, width, channels) if grid_path is not None else None
+    if canvas is not None and folder is not None:
+        for i in sorted(set(range(num)) - set(todo)):
+            existing = folder / FILE_PATTERN.format(i)
+            canvas.put(i, _as_sample(read_image(existing).pixels, (height, width, channels), existing))
+
+    chosen_steps = len(make_sampler(sampler, loaded.schedule, steps, eta=eta, spacing=spacing).timesteps)
+    batches = math.ceil(len(todo) / batch_size) if todo else 0
+    with make_progress(quiet=quiet) as progress:
+        task = progress.add_task(f"sampling: batch 1/{batches}", total=batches * chosen_steps)
+        done = 0
+        for batch, images in generate(
+            loaded, todo, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, device=device,
+            precision=precision, eta=eta, spacing=spacing, backend=backend,
+            on_step=lambda: progress.advance(task),
+        ):
+            done += 1
+            progress.update(task, description=f"sampling: batch {min(done + 1, batches)}/{batches}")
+            for i, image in zip(batch, images):
+                if folder is not None:
+                    path = folder / FILE_PATTERN.format(i)
+                    write_image(path, image)
+                    report.written.append(path)
+                elif keep is not None:
+                    keep[i] = image
+                if canvas is not None:
+                    canvas.put(i, image)
+    if canvas is not None:
+        write_image(grid_path, canvas.pixels)
+    report.images = keep
+    return report
+
+
+class _GridCanvas:
+    """The tiled picture, filled in as images arrive (so that the images themselves need not be kept)."""
+
+    def __init__(self, count: int, height: int, width: int, channels: int):
+        self.columns = math.ceil(math.sqrt(count))
+        rows = math.ceil(count / self.columns)
+        self.height, self.width = height, width
+        self.pixels = np.zeros(
+            (rows * (height + GRID_PADDING) + GRID_PADDING, self.columns * (width + GRID_PADDING) + GRID_PADDING,
+             channels), np.uint8,
+        )
+
+    def put(self, index: int, image: np.ndarray) -> None:
+        row, column = divmod(index, self.columns)
+        top = GRID_PADDING + row * (self.height + GRID_PADDING)
+        left = GRID_PADDING + column * (self.width + GRID_PADDING)
+        self.pixels[top:top + self.height, left:left + self.width] = image
+
+
+def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype = torch.float32,
+                      backend: str = "torch", image_shape: tuple[int, int, int] = (3, 32, 32)):
+    """(x, t) -> eps in float32 on `device`, through torch (fp32, or the U-Net cast to bf16/fp16) or ONNX
+    (exported for `image_shape`, any batch size)."""
+    if backend == "onnx":
+        # the runner feeds every input as float32; the U-Net takes float timesteps as well
+        example = (torch.zeros((1, *image_shape)), torch.zeros(1))
+        with warnings.catch_warnings():  # the exporter's tracer warnings mean nothing to a user
+            warnings.simplefilter("ignore")
+            runner = runtime.make_runner(
+                unet, backend="onnx", device=device, dtype=dtype, example_inputs=example,
+                input_names=("sample", "timestep"), dynamic_axes={"sample": {0: "batch"}, "timestep": {0: "batch"}},
+            )
+
+        def eps_onnx(x: torch.Tensor, t: int) -> torch.Tensor:
+            return runner(x, torch.full((x.shape[0],), float(t))).to(device)
+
+        return eps_onnx
+    if backend != "torch":
+        raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
+    # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
+    # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
+    # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md).
+    net = unet.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
+
+    def eps_torch(x: torch.Tensor, t: int) -> torch.Tensor:
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        return net(x, torch.tensor(t, device=device)).float().contiguous()
+
+    return eps_torch
+
+
+def _folder_files(folder: Path) -> tuple[Path, Path, Path]:
+    unet_folder = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    scheduler_folder = folder / "scheduler" if (folder / "scheduler").is_dir() else folder
+    config = unet_folder / "config.json"
+    scheduler = scheduler_folder / "scheduler_config.json"
+    weights = next((unet_folder / n for n in WEIGHT_FILES if (unet_folder / n).is_file()), None)
+    missing = [p.name for p in (config, scheduler) if not p.is_file()] + ([] if weights else [WEIGHT_FILES[0]])
+    if missing:
+        raise ModelError(
+            f"{folder} is not a diffusers DDPM folder: {', '.join(missing)} missing "
+            "(expected config.json, scheduler_config.json and diffusion_pytorch_model.safetensors or .bin, "
+            "or unet/ and scheduler/ sub-folders)"
+        )
+    return config, scheduler, weights
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {path} as JSON: {' '.join(str(exc).split())}") from None
+
+
+def _as_sample(pixels: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.ndarray:
+    """An existing sample file as the grid needs it, or a clear error if it is not one of this model's."""
+    height, width, channels = shape
+    if pixels.dtype == np.uint8 and pixels.shape[:2] == (height, width):
+        if pixels.shape[2] == channels:
+            return pixels
+        if pixels.shape[2] == 1:
+            return np.repeat(pixels, channels, axis=2)
+    raise OutputError(f"{path} is not a {width}x{height} 8-bit sample of this model; delete it or use another -o")
