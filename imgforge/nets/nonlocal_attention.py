@@ -43,12 +43,14 @@ def masked_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Te
     for start in range(0, queries.shape[0], rows):
         affinity = queries[start:start + rows] @ keys
         weights = affinity.sub_(affinity.amax(1, keepdim=True)).exp_()
-        total = weights.sum(1, keepdim=True)
+        # row sums in float32, so that the 1e-12 clamp holds in half precision too
+        total = weights.sum(1, keepdim=True, dtype=torch.float32)
         if not all_valid:
             weights.mul_(valid)
-        kept_share = weights.sum(1, keepdim=True).div_(total)
+        kept_share = weights.sum(1, keepdim=True, dtype=torch.float32).div_(total)
         # softmax share of the usable keys, clamped as F.normalize(p=1) clamps the row sum
-        out[start:start + rows] = (weights @ values).div_(kept_share.clamp_(min=RENORM_EPS).mul_(total))
+        scale = kept_share.clamp_(min=RENORM_EPS).mul_(total)
+        out[start:start + rows] = (weights @ values).float().div_(scale)
     return out
 
 
@@ -73,12 +75,15 @@ class PartialNonLocalBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         valid = latent_validity(mask.to(x.dtype), (h, w))
-        mixed = torch.empty_like(x)
         rows_per_chunk = max(1, self.chunk_bytes // (4 * h * w))
         for i in range(n):
-            rows = x[i].flatten(1).t()  # (L, C) view
-            keys, values = _pointwise(self.phi, rows).t(), _pointwise(self.g, rows)
+            # keys and values as the official block lays them out: (C, L) and a (L, C) view
+            keys = self.phi(x[i:i + 1]).view(c, -1)
+            values = self.g(x[i:i + 1]).view(c, -1).t()
             usable = valid[i].flatten()
+            if i == 0:  # allocated after the first keys and values: one full-size map less at the peak
+                mixed = torch.empty_like(x)
+            rows = x[i].flatten(1).t()  # (L, C) view
             # theta and W are 1x1 convs, applied per chunk of query rows: no further full-size map
             for start in range(0, h * w, rows_per_chunk):
                 stop = min(start + rows_per_chunk, h * w)
@@ -109,27 +114,33 @@ class PatchAttention(nn.Module):
         h, w = x.shape[2:]
         touched = F.interpolate(mask.to(x.dtype), (h, w), mode="bilinear", align_corners=False)
         touched = torch.where(touched > 0, torch.ones_like(touched), touched)
-        composed = torch.cat([self._compose(x[i:i + 1], touched[i:i + 1]) for i in range(x.shape[0])])
-        del x
-        return conv2d_banded(self.F_Combine, [z, composed, touched], 1, "zeros")
+        for i in range(x.shape[0]):
+            self._compose_(x[i], touched[i:i + 1])
+        return conv2d_banded(self.F_Combine, [z, x, touched], 1, "zeros")
 
-    def _compose(self, x: torch.Tensor, touched: torch.Tensor) -> torch.Tensor:
+    def _compose_(self, x: torch.Tensor, touched: torch.Tensor) -> None:
+        """x (C, h, w), in place: scratched patches take the best-matching unscratched patch's features."""
         p = self.patch_size
         share = F.unfold(touched, kernel_size=p, stride=p).mean(1)[0]
         query_index = torch.nonzero(share > 0.6, as_tuple=True)[0]
         key_index = torch.nonzero(share <= 0.6, as_tuple=True)[0]
         if len(query_index) == 0 or len(key_index) == 0:
             # nothing to fill, or nothing to fill from (the official code fails there): keep the features
-            return x
-        patches = F.unfold(x, kernel_size=p, stride=p)[0]  # (C p², patches)
-        keys = patches.index_select(1, key_index)
-        keys_unit = F.normalize(keys, dim=0)
-        queries_unit = F.normalize(patches.index_select(1, query_index).t(), dim=1)
-        rows = max(1, self.chunk_bytes // (4 * keys.shape[1]))
+            return
+        rows, cols = x.shape[1] // p, x.shape[2] // p
+        # (rows, cols, C, p, p) view of x: patches are written back in place, no unfolded copy of the map
+        patches = x[:, :rows * p, :cols * p].unflatten(1, (rows, p)).unflatten(3, (cols, p)).permute(1, 3, 0, 2, 4)
+        key_rows, key_cols = key_index // cols, key_index % cols
+        keys_unit = patches[key_rows, key_cols].flatten(1)
+        keys_unit.div_(torch.linalg.vector_norm(keys_unit, dim=1, keepdim=True).clamp_min_(1e-12))
+        queries_unit = F.normalize(patches[query_index // cols, query_index % cols].flatten(1), dim=1)
+        chunk = max(1, self.chunk_bytes // (4 * len(key_index)))
         best = torch.cat([
-            F.softmax(queries_unit[start:start + rows] @ keys_unit, dim=1).max(1).indices
-            for start in range(0, len(query_index), rows)
+            F.softmax(queries_unit[start:start + chunk] @ keys_unit.t(), dim=1).max(1).indices
+            for start in range(0, len(query_index), chunk)
         ])
-        patches[:, query_index] = keys.index_select(1, best)
-        # fold leaves zeros where h or w is not a multiple of p, as the official fold does
-        return F.fold(patches[None], output_size=x.shape[2:], kernel_size=p, stride=p)
+        del keys_unit, queries_unit
+        patches[query_index // cols, query_index % cols] = patches[key_rows[best], key_cols[best]]
+        # the official fold leaves zeros where h or w is not a multiple of p
+        x[:, rows * p:] = 0
+        x[:, :, cols * p:] = 0

@@ -2,8 +2,10 @@
 with separate encode and decode, and the residual block the mapping networks share.
 
 Keys and shapes equal the official VAE_A_quality / VAE_B_quality / VAE_B_scratch `latest_net_G.pth` (no remap).
-Norm layers are InstanceNorm2d(affine=False) and hold no state; activations are applied in place so that a
-large photo holds as few full-size feature maps as possible at once.
+Norm layers are InstanceNorm2d(affine=False) and hold no state. For large photos the layers run with norms and
+activations in place and convolutions in bands of rows, so that at most about three full-size feature maps
+exist at once (the official Sequential holds padded copies and, for the transposed convs, a column buffer
+several times the output).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ BAND_ELEMENTS = 2**24  # a conv reads its input in bands of output rows holding 
 def conv2d_banded(conv: nn.Conv2d, inputs: torch.Tensor | list[torch.Tensor], pad: int, mode: str) -> torch.Tensor:
     """conv(pad(cat(inputs, dim=1))) with `pad` pixels of "reflect" or "zeros" padding on each side (the
     module's own padding is not applied again). Large maps are computed in bands of output rows, so neither
-    the padded copy nor the concatenation of the whole map is ever made; each output pixel is the same sum."""
+    the padded copy nor the concatenation of the whole map is ever made; each output pixel sums the same terms."""
     inputs = [inputs] if isinstance(inputs, torch.Tensor) else inputs
     n, _, h, w = inputs[0].shape
     channels = sum(t.shape[1] for t in inputs)
@@ -61,6 +63,28 @@ def conv2d_banded(conv: nn.Conv2d, inputs: torch.Tensor | list[torch.Tensor], pa
             part = torch.cat([t[:, :, max(top, 0):min(bottom, h)] for t in inputs], 1)
             part = F.pad(part, (pad, pad, max(-top, 0), max(bottom - h, 0)))
         out[:, :, first:last] = F.conv2d(part, conv.weight, conv.bias, s)
+    return out
+
+
+def conv_transpose2d_banded(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for a transposed conv without output padding, computed in bands of output rows: the CPU
+    kernel's column buffer for a whole photo-size map is several times the map (about 9 GB at 4000x3000)."""
+    n, _, h, w = x.shape
+    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    out_h = (h - 1) * s - 2 * p + k
+    band = max(s, BAND_ELEMENTS // (n * conv.out_channels * w * s) // s * s)
+    if band >= out_h or conv.output_padding[0]:
+        return conv(x)
+    out = torch.empty(n, conv.out_channels, out_h, (w - 1) * s - 2 * conv.padding[1] + k,
+                      dtype=x.dtype, device=x.device)
+    for first in range(0, out_h, band):
+        last = min(first + band, out_h)
+        # input rows that reach output rows [first, last): row i covers uncropped rows i*s .. i*s + k - 1
+        top = max(0, -(-(first + p - k + 1) // s))
+        bottom = min(h - 1, (last + p - 1) // s)
+        part = F.conv_transpose2d(x[:, :, top:bottom + 1], conv.weight, conv.bias, s, (0, conv.padding[1]))
+        offset = first + p - top * s
+        out[:, :, first:last] = part[:, :, offset:offset + last - first]
     return out
 
 
@@ -92,6 +116,8 @@ def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             x = conv2d_banded(layer, x, reflect, "reflect") if reflect else conv2d_banded(
                 layer, x, layer.padding[0], "zeros")
             reflect = 0
+        elif isinstance(layer, nn.ConvTranspose2d):
+            x = conv_transpose2d_banded(layer, x)
         elif isinstance(layer, nn.InstanceNorm2d):
             x = instance_norm_(x)
         elif isinstance(layer, nn.ReLU):
