@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 _API = {
     "translate": "translate",
     "translate_image": "translate",
+    "load_generator": "translate",
+    "Translator": "translate",
     "restore": "restore",
     "restore_image": "restore",
     "sample": "sample",

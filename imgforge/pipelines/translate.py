@@ -1,0 +1,367 @@
+"""pix2pix / CycleGAN translation: the official test.py's pre- and post-processing and test-time semantics
+(docs/translate.md), around the generators of imgforge.nets.pix2pix.
+
+    prepare   RGB (or grey, input_nc 1) 8-bit image; aligned A|B files split as the official loader does;
+              bicubic resize to size x size ignoring the aspect ratio (official: 256), or, --size native,
+              padded to a multiple of the generator's stride; ToTensor + Normalize(0.5, 0.5) -> [-1, 1]
+    run       the generator in one test-time mode: "official" (test.py without --eval: BatchNorm on each
+              image's own statistics, Dropout(0.5) active, masks seeded per image), "no-dropout" (the same
+              without dropout) or "eval" (running statistics, no dropout), as one batch of same-size images
+    finish    tensor2im's truncation to uint8; back to the input's size (bicubic, or the padding cropped);
+              the input's alpha carried; --compare puts input | output | target side by side
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .. import hub, manifest, runtime
+from ..batch import BatchReport, Job, plan_jobs, run_batch
+from ..checkpoint import load_state_dict
+from ..errors import ImgforgeError, InputError, ModelError
+from ..imageio import Picture, read_image, write_image
+from ..nets.pix2pix import DROPOUT_P, Generator, GeneratorOptions, build_generator, infer_options, load_weights
+from ..progress import console
+
+MODES = ("official", "eval", "no-dropout")
+DIRECTIONS = manifest.DIRECTIONS
+OFFICIAL_SIZE = 256  # test.py: load_size = crop_size = 256, resized ignoring the aspect ratio
+NATIVE = "native"
+
+
+def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """N x C x H x W in [-1, 1] -> N x H x W x C uint8, as the official tensor2im: (x + 1) / 2 * 255 in
+    float32, then truncated (not rounded). Grey stays one channel (tensor2im tiles it to three)."""
+    array = images.detach().cpu().float().numpy().transpose(0, 2, 3, 1)
+    return ((array + 1) / 2.0 * 255.0).astype(np.uint8)
+
+
+def load_generator(model: str | None = None, checkpoint: str | os.PathLike | None = None, *,
+                   netG: str | None = None, norm: str | None = None, ngf: int | None = None,
+                   dropout: bool | None = None, offline: bool | None = None, weights_dir: Path | None = None,
+                   quiet: bool = False) -> Generator:
+    """A zoo model (`model`, a name from `imgforge models list --task translate`) or a user's own
+    checkpoint (an official latest_net_G.pth) as a generator on the CPU, eval(), weights loaded strictly.
+    Its options are read from the weights; the manifest's config and the arguments override them, and a
+    mismatch is a ModelError naming the option."""
+    path, entry = _weights_file(model, checkpoint, offline=offline, weights_dir=weights_dir, quiet=quiet)
+    state = load_state_dict(path)
+    requested = dict(entry.config) if entry is not None else {}
+    requested.update({k: v for k, v in dict(netG=netG, norm=norm, ngf=ngf, dropout=dropout).items() if v is not None})
+    found, _ = infer_options(state)
+    try:
+        options = replace(found, **requested)
+    except TypeError as exc:
+        raise ModelError(f"model '{entry.name}': bad config in the manifest ({exc})") from None
+    with torch.device("meta"):  # no random initialisation of weights that are overwritten next
+        net = build_generator(options)
+    net = net.to_empty(device="cpu")
+    load_weights(net, state)
+    return net.eval()
+
+
+def _weights_file(model, checkpoint, *, offline, weights_dir, quiet) -> tuple[Path, manifest.ModelEntry | None]:
+    if model is not None and checkpoint is not None:
+        raise ImgforgeError("give a model name (--model) or your own weights (--checkpoint), not both")
+    if model is None and checkpoint is None:
+        raise ImgforgeError("give a model name (--model; see `imgforge models list --task translate`) or your own "
+                            "generator weights (--checkpoint latest_net_G.pth)")
+    if checkpoint is not None:
+        return Path(checkpoint), None
+    entry = manifest.get_model(model)
+    if entry.task != "translate":
+        raise ImgforgeError(f"model '{entry.name}' is a {entry.task} model; translate needs a translate model "
+                            "(see `imgforge models list --task translate`)")
+    return hub.fetch_file(entry, "generator", offline=offline, weights_dir=weights_dir, quiet=quiet), entry
+
+
+class _TestTimeGenerator(nn.Module):
+    """The generator as the runner calls it in one BatchNorm mode, set at every call (translators may share a
+    generator). The mode is also a buffer, so that ONNX exports of the two modes (same weights, different
+    graphs) get different cache keys."""
+
+    def __init__(self, generator: Generator, per_image: bool):
+        super().__init__()
+        self.generator = generator
+        self.per_image = per_image
+        self.register_buffer("image_statistics", torch.tensor(per_image))
+
+    def forward(self, x: torch.Tensor, *dropout_masks: torch.Tensor) -> torch.Tensor:
+        self.generator.use_image_statistics(self.per_image)
+        return self.generator(x, *dropout_masks)
+
+
+@dataclass
+class Prepared:
+    """A network input and how to bring its output back to the image it came from."""
+
+    tensor: torch.Tensor  # 1 x C x h x w in [-1, 1]
+    width: int  # the image's size, which the output is brought back to
+    height: int
+    padded: bool  # --size native: the input was padded, and the output is cropped
+
+
+class Translator:
+    """A loaded generator in one test-time mode, on one device: prepares images, runs batches, finishes
+    outputs. `translator(image)` does all three for one image in memory."""
+
+    def __init__(self, generator: Generator, *, mode: str = "official", size: int | str | None = None,
+                 seed: int | None = None, device: str = "auto", precision: str = "fp32", backend: str = "torch"):
+        if mode not in MODES:
+            raise ImgforgeError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        self.generator = generator
+        self.options: GeneratorOptions = generator.options
+        self.mode = mode
+        self.size = _check_size(size, generator)
+        # image i's dropout masks come from (seed, image i's input) alone: batching changes nothing
+        self.seed = seed if seed is not None else secrets.randbits(63)
+        self.seeded = seed is not None
+        self.device = runtime.select_device(device)
+        self.dtype = runtime.select_dtype(precision, self.device)
+        self.backend = backend
+        self.dropout_layers = generator.dropout_layers() if mode == "official" else []
+        self._module = _TestTimeGenerator(generator, per_image=mode != "eval")
+        self._runner = None
+        # oneDNN and cuDNN run these convolutions faster on channels-last tensors (~15% on a CPU, measured)
+        self.channels_last = backend == "torch" and self.device.type in ("cpu", "cuda")
+        if backend == "torch":
+            self._module.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+            self._runner = runtime.make_runner(self._module, backend="torch", device=self.device, dtype=self.dtype)
+        elif backend != "onnx":
+            raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
+        elif self.dtype != torch.float32:
+            raise ImgforgeError("--backend onnx runs in fp32 only; drop --precision or use --backend torch")
+
+    @property
+    def uses_dropout(self) -> bool:
+        return bool(self.dropout_layers)
+
+    def image_mode(self, channels: int) -> str:
+        return "L" if channels == 1 else "RGB"
+
+    def prepare(self, image: Image.Image) -> Prepared:
+        """An 8-bit PIL image (any mode) -> the network input, as the official transform builds it."""
+        image = image.convert(self.image_mode(self.options.input_nc))
+        width, height = image.size
+        if self.size == NATIVE:
+            pixels = _to_tensor(np.asarray(image))
+            stride = self.generator.stride
+            pad_w, pad_h = -width % stride, -height % stride
+            tensor = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate") if pad_w or pad_h else pixels
+            return Prepared(tensor, width, height, padded=True)
+        side = self.size or OFFICIAL_SIZE
+        resized = image.resize((side, side), Image.BICUBIC) if image.size != (side, side) else image
+        return Prepared(_to_tensor(np.asarray(resized)), width, height, padded=False)
+
+    def run(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Same-size inputs (1 x C x h x w each) -> outputs, as one batch; the result of each does not depend
+        on the others (per-image statistics, per-image dropout masks)."""
+        batch = torch.cat(list(tensors))
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        inputs = [batch, *self._dropout_masks(tensors)]
+        runner = self._runner or self._onnx_runner(inputs)
+        output = runner(*inputs)
+        return list(output.split(1))
+
+    def finish(self, output: torch.Tensor, prepared: Prepared) -> np.ndarray:
+        """A 1 x C x h x w output -> H x W x C uint8 at the input image's size."""
+        pixels = tensor_to_uint8(output)[0]
+        if prepared.padded:
+            return pixels[:prepared.height, :prepared.width]
+        if pixels.shape[:2] == (prepared.height, prepared.width):
+            return pixels
+        return _resize(pixels, prepared.width, prepared.height)
+
+    def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """One image (PIL, or an H x W [x C] uint8 array, or float in [0, 1]) -> its translation, H x W x C
+        uint8 at the same size (C = the generator's output channels)."""
+        prepared = self.prepare(_as_pil(image))
+        (output,) = self.run([prepared.tensor])
+        return self.finish(output, prepared)
+
+    def _dropout_masks(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if not self.dropout_layers:
+            return []
+        height, width = tensors[0].shape[-2:]
+        per_image = []
+        for tensor in tensors:
+            generator = torch.Generator().manual_seed(_image_seed(self.seed, tensor))
+            per_image.append([(torch.rand(layer.mask_shape(height, width), generator=generator) >= DROPOUT_P)
+                              .float() / (1 - DROPOUT_P) for layer in self.dropout_layers])
+        return [torch.stack(masks) for masks in zip(*per_image)]
+
+    def _onnx_runner(self, inputs: list[torch.Tensor]):
+        """Exported at the first batch (cached on disk by weights, mode and signature); any size and batch
+        runs on the same graph."""
+        names = ["input"] + [f"dropout{i}" for i in range(len(inputs) - 1)]
+        axes = {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in names}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on the legacy path and on instance_norm
+            self._runner = runtime.make_runner(self._module, backend="onnx", device=self.device,
+                                               example_inputs=inputs, input_names=names, dynamic_axes=axes)
+        return self._runner
+
+
+def translate_image(image: Image.Image | np.ndarray, *, model: str | None = None,
+                    checkpoint: str | os.PathLike | None = None, netG: str | None = None, norm: str | None = None,
+                    ngf: int | None = None, dropout: bool | None = None, mode: str = "official",
+                    size: int | str | None = None, seed: int | None = None, device: str = "auto",
+                    precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
+                    weights_dir: Path | None = None) -> np.ndarray:
+    """One image in memory -> its translation (H x W x C uint8, the input's size). Loads the model on every
+    call: for many images build a `Translator(load_generator(...))` once."""
+    generator = load_generator(model, checkpoint, netG=netG, norm=norm, ngf=ngf, dropout=dropout, offline=offline,
+                               weights_dir=weights_dir, quiet=True)
+    translator = Translator(generator, mode=mode, size=size, seed=seed, device=device, precision=precision,
+                            backend=backend)
+    return translator(image)
+
+
+@dataclass
+class _Item:
+    picture: Picture
+    source: Image.Image  # what the network translates (the A or B half for aligned files)
+    target: Image.Image | None  # the other half of an aligned file
+    prepared: Prepared
+
+
+def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None, *,
+              model: str | None = None, checkpoint: str | os.PathLike | None = None, netG: str | None = None,
+              norm: str | None = None, ngf: int | None = None, dropout: bool | None = None,
+              mode: str = "official", direction: str | None = None, size: int | str | None = None,
+              aligned: bool = False, compare: bool = False, seed: int | None = None, batch_size: int = 4,
+              device: str = "auto", precision: str = "fp32", backend: str = "torch", recursive: bool = False,
+              suffix: str = "", output_format: str | None = None, skip_existing: bool = False, quiet: bool = False,
+              json: bool = False, offline: bool | None = None, weights_dir: Path | None = None) -> BatchReport:
+    """Translate images, folders or globs with a zoo model or a user's checkpoint; each output is written at
+    its input's size (next to it with the suffix `_translated`, or under `output`). Files that fail are
+    reported and skipped; the report lists them."""
+    if mode not in MODES:
+        raise ImgforgeError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if direction is not None and direction not in DIRECTIONS:
+        raise ImgforgeError(f"unknown direction {direction!r}: use AtoB or BtoA")
+    if batch_size < 1:
+        raise ImgforgeError("--batch-size must be at least 1")
+    sources = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
+    jobs = plan_jobs(sources, None if output is None else os.fspath(output), recursive=recursive, suffix=suffix,
+                     extension=output_format, default_suffix="_translated")
+    generator = load_generator(model, checkpoint, netG=netG, norm=norm, ngf=ngf, dropout=dropout, offline=offline,
+                               weights_dir=weights_dir, quiet=quiet)
+    if direction is None:  # the direction the zoo model was trained for; the official default otherwise
+        direction = (manifest.get_model(model).direction if model is not None else None) or "AtoB"
+    translator = Translator(generator, mode=mode, size=size, seed=seed, device=device, precision=precision,
+                            backend=backend)
+    if translator.uses_dropout and not translator.seeded and not quiet:
+        console.print("note: dropout is active at test time, as in the official test.py, so results vary from run "
+                      "to run; --seed N makes them reproducible, --eval or --no-dropout switches dropout off",
+                      markup=False, highlight=False, soft_wrap=True)
+    output_mode = translator.image_mode(translator.options.output_nc)
+
+    def load(job: Job) -> _Item:
+        picture = read_image(job.source)
+        source = picture.to_pil(translator.image_mode(translator.options.input_nc))
+        target = None
+        if aligned:
+            source, target = split_aligned(source, direction, job.source)
+        return _Item(picture, source, target, translator.prepare(source))
+
+    def save(job: Job, item: _Item, result: torch.Tensor) -> None:
+        pixels = translator.finish(result, item.prepared)
+        alpha = item.picture.alpha if not (aligned or compare) else None
+        if compare:
+            panels = [item.source] + ([item.target] if item.target is not None else [])
+            shown = [_panel(panel, output_mode, pixels.shape[1], pixels.shape[0]) for panel in panels]
+            pixels = np.concatenate([shown[0], pixels, *shown[1:]], axis=1)
+        write_image(job.target, pixels, alpha=alpha, like=item.picture)
+
+    return run_batch(jobs, load=load, compute=lambda items: translator.run([item.prepared.tensor for item in items]),
+                     save=save, batch_size=batch_size, group_key=lambda item: tuple(item.prepared.tensor.shape),
+                     skip_existing=skip_existing, quiet=quiet, label="translating", json_lines=json)
+
+
+def split_aligned(image: Image.Image, direction: str, path: Path | None = None) -> tuple[Image.Image, Image.Image]:
+    """An aligned A|B image -> (network input, target), as the official AlignedDataset cuts it: A is the left
+    int(w / 2) columns, B the rest; BtoA feeds B."""
+    width, height = image.size
+    if width < 2:
+        raise InputError(f"{path or 'the image'} is {width} pixel wide: too narrow to be an aligned A|B pair")
+    half = width // 2
+    a, b = image.crop((0, 0, half, height)), image.crop((half, 0, width, height))
+    return (a, b) if direction == "AtoB" else (b, a)
+
+
+def _check_size(size: int | str | None, generator: Generator) -> int | str | None:
+    netG, stride = generator.options.netG, generator.stride
+    if size is None:
+        return None
+    if isinstance(size, str):
+        if size.strip().lower() == NATIVE:
+            if stride > 4:
+                raise ImgforgeError(f"--size native needs a resnet generator; {netG} needs sides that are multiples "
+                                    f"of {stride}: use --size {stride} or another multiple")
+            return NATIVE
+        try:
+            size = int(size)
+        except ValueError:
+            raise ImgforgeError(f"--size must be a number of pixels or 'native', not {size!r}") from None
+    if size < stride or size % stride:
+        lower = max(stride, size // stride * stride)
+        raise ImgforgeError(f"--size {size} is not a multiple of {stride}, which {netG} needs; try {lower} or "
+                            f"{lower + stride}")
+    return size
+
+
+def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """H x W [x C] uint8 -> 1 x C x H x W, ToTensor then Normalize(0.5, 0.5), in the official order."""
+    array = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    tensor = torch.from_numpy(np.array(array.transpose(2, 0, 1))).float().div(255)  # a writable copy
+    return tensor.sub(0.5).div(0.5)[None]
+
+
+def _image_seed(seed: int, tensor: torch.Tensor) -> int:
+    digest = hashlib.blake2b(str(seed).encode() + b":" + tensor.numpy().tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds are 63-bit
+
+
+def _resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bicubic, on the 8-bit image, as the official save_image does for its aspect-ratio option."""
+    grey = pixels.shape[2] == 1
+    image = Image.fromarray(pixels[:, :, 0] if grey else pixels).resize((width, height), Image.BICUBIC)
+    array = np.asarray(image)
+    return array[:, :, None] if grey else array
+
+
+def _panel(image: Image.Image, mode: str, width: int, height: int) -> np.ndarray:
+    image = image.convert(mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.BICUBIC)
+    array = np.asarray(image)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    array = np.asarray(image)
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
+    if array.dtype != np.uint8:
+        raise InputError(f"images in memory must be uint8, or float in [0, 1], not {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise InputError(f"an image must be H x W, H x W x 1, 3 or 4, not {array.shape}")
+    return Image.fromarray(array)
