@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
@@ -46,6 +45,29 @@ class GeneratorOptions:
                 f"{self.input_nc}->{self.output_nc} channels")
 
 
+def normalise_per_image(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                        eps: float) -> torch.Tensor:
+    """F.instance_norm's arithmetic (per image and channel, biased variance) as plain reductions: those keep
+    the channels-last layout, where F.instance_norm copies to and from NCHW (1.5x slower per forward,
+    measured on a CPU). Statistics in float32 also under bf16/fp16 autocast."""
+    x32 = x.float()
+    var, mean = torch.var_mean(x32, dim=(2, 3), keepdim=True, correction=0)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.view(1, -1, 1, 1)
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.view(1, -1, 1, 1)
+    return (x32 * scale + shift).to(x.dtype)
+
+
+class ImageInstanceNorm(nn.InstanceNorm2d):
+    """The official InstanceNorm2d(affine=False, track_running_stats=False), computed layout-friendly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return normalise_per_image(x, None, None, self.eps)
+
+
 class ImageBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d (same parameters and buffers) that, with `per_image` set, normalises each image of the
     batch with its own mean and biased variance, then applies the affine weight and bias: the official
@@ -55,7 +77,7 @@ class ImageBatchNorm(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.per_image:
-            return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+            return normalise_per_image(x, self.weight, self.bias, self.eps)
         return super().forward(x)
 
 
@@ -80,7 +102,7 @@ def _norm_layer(norm: str, channels: int) -> nn.Module:
     if norm == "batch":
         return ImageBatchNorm(channels)
     if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        return ImageInstanceNorm(channels, affine=False, track_running_stats=False)
     return nn.Identity()
 
 
