@@ -324,7 +324,8 @@ def _unavailable(entry: ModelEntry, source: FileSource) -> WeightsUnavailable:
     return WeightsUnavailable(
         f"offline, and '{source.path}' ({source.role}) of model '{entry.name}' is not cached: on a connected "
         f"machine run 'imgforge models pull {entry.name}' and copy its Hugging Face cache folder "
-        f"({hub_cache_dir()}) to this one, or put {source.basename} in --weights-dir (IMGFORGE_WEIGHTS_DIR)"
+        f"({hub_cache_dir()}) to this one, or put the file at DIR/{source.path} for --weights-dir DIR "
+        f"(IMGFORGE_WEIGHTS_DIR)"
     )
 
 
