@@ -48,7 +48,7 @@ class GeneratorOptions:
 def normalise_per_image(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                         eps: float) -> torch.Tensor:
     """F.instance_norm's arithmetic (per image and channel, biased variance) as plain reductions: those keep
-    the channels-last layout, where F.instance_norm copies to and from NCHW (1.5x slower per forward,
+    the channels-last layout, where F.instance_norm copies to and from NCHW (unet_256 forward ~9% slower,
     measured on a CPU). Statistics in float32 also under bf16/fp16 autocast."""
     x32 = x.float()
     var, mean = torch.var_mean(x32, dim=(2, 3), keepdim=True, correction=0)
