@@ -4,10 +4,8 @@ SIGKILL that leaves only complete outputs and resumes with --skip-existing."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from imgforge.batch import Job, plan_jobs, run_batch
 from imgforge.cli.options import finish_batch
 from imgforge.errors import ImgforgeError, InputError, OutputError, PartialFailure
 from imgforge.imageio import read_image, write_image
+from helpers import kill_when_written
 
 DRIVER = Path(__file__).with_name("batch_driver.py")
 
@@ -277,16 +276,7 @@ def test_sigkill_leaves_only_complete_outputs_and_skip_existing_resumes(tmp_path
     command = [sys.executable, str(DRIVER), str(source), str(output)]
 
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        if output.is_dir() and len([p for p in output.glob("img*.png")]) >= 4:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the driver ended before it could be killed: " + process.stderr.read().decode()
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stdout.close()
-    process.stderr.close()
+    kill_when_written(process, output, "img*.png", 4, timeout=60)
 
     finished = sorted(p.name for p in output.glob("img*.png"))
     assert 4 <= len(finished) < 20

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from imgforge.cli import main
+from helpers import sizes_and_modes
 from test_restore import CHECKPOINT_FILES, ZIPPED, manifest_tables, tiny_checkpoints
 
 HUB_REPO = "leonelhs/zeroscratches"
@@ -66,22 +67,14 @@ def photos(tmp_path):
     return folder
 
 
-def _sizes(folder) -> dict[str, tuple[tuple[int, int], str]]:
-    out = {}
-    for path in sorted(folder.iterdir()):
-        with Image.open(path) as image:
-            out[path.name] = (image.size, image.mode)
-    return out
-
-
 def test_folder_with_scratches_writes_same_size_outputs_and_masks(served, photos, tmp_path, capfd):
     out = tmp_path / "out"
     assert main(["restore", str(photos), "-o", str(out), "--save-mask", "--device", "cpu", "--json"]) == 0
     records = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
     assert records[-1] == {"summary": {"done": 4, "skipped": 0, "failed": 0}}
     assert {r["model"] for r in records[:-1]} == {"oldphoto-scratch"}
-    inputs = _sizes(photos)
-    outputs = _sizes(out)
+    inputs = sizes_and_modes(photos)
+    outputs = sizes_and_modes(out)
     assert set(outputs) == {n for name in inputs for n in (name, name.rsplit(".", 1)[0] + "_mask.png")}
     for name, (size, mode) in inputs.items():
         assert outputs[name] == (size, "L" if mode == "L" else "RGB")

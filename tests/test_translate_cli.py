@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from PIL import Image
 
 from imgforge.cli import main
 from imgforge.nets.pix2pix import GeneratorOptions, build_generator
+from helpers import kill_when_written, sizes_and_modes
 
 
 def checkpoint_bytes(netG="unet_256", norm="batch", dropout=True, ngf=4, **channels) -> bytes:
@@ -68,14 +67,6 @@ def served_model(hub_server, write_manifest, tmp_path):
         files.generator = {{ urls = ["{url}"], sha256 = "{hashlib.sha256(data).hexdigest()}", size = {len(data)} }}
     """)
     return hub_server
-
-
-def sizes_and_modes(folder: Path) -> dict[str, tuple[tuple[int, int], str]]:
-    result = {}
-    for path in sorted(folder.iterdir()):
-        with Image.open(path) as image:
-            result[path.name] = (image.size, image.mode)
-    return result
 
 
 def test_a_served_model_translates_a_folder_at_each_image_size(served_model, mixed_folder, tmp_path, capsys):
@@ -219,16 +210,7 @@ def test_a_killed_run_leaves_complete_outputs_and_resumes(tmp_path):
                str(weights), "--size", "native", "--batch-size", "1", "--json", "-q"]
 
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if out.is_dir() and len(list(out.glob("img*.png"))) >= 2:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be killed: " + process.stderr.read().decode()
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stdout.close()
-    process.stderr.close()
+    kill_when_written(process, out, "img*.png", 2, timeout=120)
     first = sorted(p.name for p in out.glob("img*.png"))
     assert 2 <= len(first) < len(names)
 
