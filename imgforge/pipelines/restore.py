@@ -18,6 +18,7 @@ A face stage (detect, enhance, blend back on the global result, as the official 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -107,12 +108,13 @@ class Restorer:
         config = self.entry.config
         paths = _fetch(self.entry, offline, weights_dir, quiet)
         weights = {role: load_state_dict(path) for role, path in paths.items()}
-        self.vae_a = build_vae(weights["vae_a"], **config.get("vae", {})).to(self.device)
-        self.mapping = build_mapping(settings.kind, weights["mapping"], **config.get("mapping", {})).to(self.device)
-        self.vae_b = build_vae(weights["vae_b"], **config.get("vae", {})).to(self.device)
+        place = functools.partial(runtime.place, device=self.device, dtype=self.dtype)
+        self.vae_a = place(build_vae(weights["vae_a"], **config.get("vae", {})))
+        self.mapping = place(build_mapping(settings.kind, weights["mapping"], **config.get("mapping", {})))
+        self.vae_b = place(build_vae(weights["vae_b"], **config.get("vae", {})))
         self.detector = None
         if settings.scratches:
-            self.detector = build_scratch_detector(weights["detector"], **config.get("detector", {})).to(self.device)
+            self.detector = place(build_scratch_detector(weights["detector"], **config.get("detector", {})))
 
     def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
         if not self.settings.scratches:
@@ -150,9 +152,9 @@ class Restorer:
         grey = np.array(Image.fromarray(work.image).convert("L"))
         x = _normalised(torch.from_numpy(grey)[None, None])
         height, width = grey.shape
-        with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
+        with torch.inference_mode():
             scaled = F.interpolate(x.to(self.device), _detection_size(height, width), mode="bilinear")
-            probability = torch.sigmoid(self.detector(scaled).float())
+            probability = torch.sigmoid(self.detector(scaled.to(runtime.dtype_of(self.detector))).float())
         probability = F.interpolate(probability, [height, width], mode="nearest")
         return replace(work, mask=(probability >= MASK_THRESHOLD)[0, 0].cpu().numpy())
 
@@ -167,15 +169,15 @@ class Restorer:
         image = work.image
         if work.mask is not None:  # irregular_hole_synthesize: scratch pixels become white
             image = np.where(work.mask[:, :, None], np.uint8(255), image)
-        x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]).to(self.device)
-        with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
-            latent = self.vae_a.encode(x)
+        x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None])
+        with torch.inference_mode():
+            latent = self.vae_a.encode(x.to(self.device, runtime.dtype_of(self.vae_a)))
             if work.mask is None:
-                mapped = self.mapping(latent)
+                mapped = self.mapping(latent.to(runtime.dtype_of(self.mapping)))
             else:
                 mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
-                mapped = self.mapping(latent, mask)
-            generated = self.vae_b.decode(mapped).float()
+                mapped = self.mapping(latent.to(runtime.dtype_of(self.mapping)), mask)
+            generated = self.vae_b.decode(mapped.to(runtime.dtype_of(self.vae_b))).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
 
