@@ -111,15 +111,24 @@ def chain_flops(chain: str, size: str) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_peak(dtype: torch.dtype, repeats: int = 3) -> float:
+def clock(kind: str) -> float:
+    """Wall-clock seconds, or this process's CPU seconds per torch thread ("cpu": steadier on a loaded machine,
+    where the process waits for a core; exact with --threads 1, where no thread spins waiting for another)."""
+    if kind == "wall":
+        return time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) / torch.get_num_threads()
+
+
+def matmul_peak(dtype: torch.dtype, clock_kind: str, repeats: int = 3) -> float:
     """GFLOP/s of the best of a few 4096² matrix products in `dtype` (after one warm-up)."""
     a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype) for _ in range(2))
     a @ b
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock(clock_kind)
         a @ b
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock(clock_kind) - start)
     return 2 * PEAK_SIZE**3 / best / 1e9
 
 
@@ -141,7 +150,7 @@ def random_checkpoints(folder: Path, chain: str) -> None:
         torch.save(state, path)
 
 
-def measure_pipeline(chain: str, size: str, precision: str, weights: str) -> dict:
+def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_kind: str) -> dict:
     """The whole restoration of the sample photo (resized to `size`), networks loaded beforehand."""
     import numpy as np
     from PIL import Image
@@ -154,16 +163,17 @@ def measure_pipeline(chain: str, size: str, precision: str, weights: str) -> dic
     restorer = Restorer(settings, device="cpu", precision=precision, offline=True, weights_dir=Path(weights),
                         quiet=True)
     before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    start = time.perf_counter()
+    start = clock(clock_kind)
     restorer.run(_picture_from_array(photo))
-    return {"seconds": time.perf_counter() - start, "before_gb": before_gb}
+    return {"seconds": clock(clock_kind) - start, "before_gb": before_gb}
 
 
-def measure_one(chain: str, impl: str, size: str, precision: str, save: str | None, weights: str | None) -> None:
+def measure_one(chain: str, impl: str, size: str, precision: str, save: str | None, weights: str | None,
+                clock_kind: str) -> None:
     """Child process: one chain (or pipeline) run, then the matmul peak; prints JSON."""
     dtype = runtime.PRECISIONS[precision]
     if impl == "pipeline":
-        result = measure_pipeline(chain, size, precision, weights)
+        result = measure_pipeline(chain, size, precision, weights, clock_kind)
     else:
         torch.manual_seed(0)
         image, mask = make_inputs(*parse_size(size))
@@ -173,20 +183,21 @@ def measure_one(chain: str, impl: str, size: str, precision: str, save: str | No
             nets = tuple(runtime.place(net, torch.device("cpu"), dtype) for net in nets)
         before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # torch, weights and inputs
         with torch.inference_mode():
-            start = time.perf_counter()
+            start = clock(clock_kind)
             output = run_chain(chain, impl, nets, image.to(dtype), mask).float()
-            result = {"seconds": time.perf_counter() - start, "before_gb": before_gb}
+            result = {"seconds": clock(clock_kind) - start, "before_gb": before_gb}
         if save:
             torch.save(output, save)
     result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB
     with torch.inference_mode():
-        result["matmul_gflops"] = matmul_peak(dtype)
+        result["matmul_gflops"] = matmul_peak(dtype, clock_kind)
     print(json.dumps(result))
 
 
 def spawn(chain: str, impl: str, size: str, precision: str, save: Path | None, threads: int | None,
-          weights: str | None) -> dict:
-    cmd = [sys.executable, __file__, "--one", size, "--impl", impl, "--chain", chain, "--precisions", precision]
+          weights: str | None, clock_kind: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", size, "--impl", impl, "--chain", chain, "--precisions", precision,
+           "--clock", clock_kind]
     if threads:
         cmd += ["--threads", str(threads)]
     if save:
@@ -208,6 +219,8 @@ def main() -> None:
     parser.add_argument("--pipeline", action="store_true", help="time the whole restoration instead of the chain")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of alternating measurements; best counts")
     parser.add_argument("--threads", type=int, help="torch threads in each measurement (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall-clock seconds, or CPU seconds per thread (steadier on a loaded machine)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=["imgforge", "reference", "pipeline"], help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
@@ -216,12 +229,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        measure_one(args.chain, args.impl, args.one, args.precisions[0], args.save, args.weights)
+        measure_one(args.chain, args.impl, args.one, args.precisions[0], args.save, args.weights, args.clock)
         return
     if (args.chain == "hr" or args.pipeline) and args.reference_sizes:
         parser.error("the hr chain and --pipeline have no reference here; pass --reference-sizes with no value")
     print(f"chain {args.chain}{' (whole pipeline)' if args.pipeline else ''}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {args.clock} clock")
     with tempfile.TemporaryDirectory() as tmp:
         weights = None
         if args.pipeline:
@@ -236,7 +249,7 @@ def main() -> None:
             for _ in range(args.repeat):
                 for impl, precision in runs:
                     save = Path(tmp, f"{impl}-{precision}.pt") if not args.pipeline else None
-                    result = spawn(args.chain, impl, size, precision, save, args.threads, weights)
+                    result = spawn(args.chain, impl, size, precision, save, args.threads, weights, args.clock)
                     print(f"{size:>10}  {impl:9} {precision}  {_fmt(result, flops)}", flush=True)
                     if "error" not in result and result["seconds"] < best.get((impl, precision), {}).get(
                             "seconds", float("inf")):

@@ -340,3 +340,19 @@ def test_reduced_precision_places_networks_as_they_declare(weights_dir):
     assert dtypes == {"detector": torch.float32, "vae_a": torch.bfloat16, "mapping": torch.bfloat16,
                       "vae_b": torch.bfloat16}
     assert restorer.mapping.NL.res_block[0].conv_block[1].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_progress_within_a_photo_follows_stages_and_attention_chunks(weights_dir, monkeypatch):
+    from imgforge.nets import nonlocal_attention
+    from imgforge.progress import listening_within_item
+
+    monkeypatch.setattr(nonlocal_attention, "QUERY_CHUNK_ROWS", 200)  # a 96x128 photo: 768 latent positions
+    restorer = pipeline.Restorer(pipeline.Settings(), device="cpu", weights_dir=weights_dir, quiet=True)
+    reports = []
+    with listening_within_item(lambda fraction, stage: reports.append((fraction, stage))):
+        restorer.run(pipeline._picture_from_array(scratched_photo(96, 128)))
+    stages = [stage for _, stage in reports]
+    assert stages == ["detecting scratches", "encoding", "mapping", "mapping 1/4", "mapping 2/4", "mapping 3/4",
+                      "mapping 4/4", "decoding"]
+    fractions = [fraction for fraction, _ in reports]
+    assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] < 1

@@ -30,6 +30,7 @@ RENORM_EPS = 1e-12  # F.normalize's eps in the official renormalisation
 # and the values carry the validity column (16 keeps rows aligned for the vector units)
 EXTRA_COLUMNS = 16
 FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+ChunkCallback = Callable[[int, int], None]  # (chunks done, chunks in all): progress within a large photo
 
 
 def latent_validity(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -106,7 +107,7 @@ def positions(x: torch.Tensor) -> torch.Tensor:
 class PartialNonLocalBlock(nn.Module):
     """forward(x: (N, C, h, w), mask: (N, 1, H, W) image-size, 1 = scratch) -> (N, C, h, w).
     Attention restricted to usable positions, W, three residual blocks; usable positions keep x.
-    `on_chunk(done, total)` is called after each chunk of queries (progress within a large photo)."""
+    `on_chunk(done, total)`, if given, is called after each chunk of queries."""
 
     def __init__(self, channels: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__()
@@ -116,9 +117,8 @@ class PartialNonLocalBlock(nn.Module):
         self.phi = nn.Conv2d(channels, channels, 1)
         self.res_block = nn.Sequential(*[ResnetBlock(channels) for _ in range(3)])
         self.chunk_bytes = chunk_bytes
-        self.on_chunk: Callable[[int, int], None] | None = None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, on_chunk: ChunkCallback | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
         x = x.contiguous(memory_format=torch.channels_last)
         valid = latent_validity(mask, (h, w)).to(x.dtype)
@@ -135,8 +135,8 @@ class PartialNonLocalBlock(nn.Module):
             for chunk, start in enumerate(chunks):
                 stop = start + QUERY_CHUNK_ROWS
                 out[start:stop] = _pointwise(self.W, attention(_pointwise(self.theta, rows[start:stop])))
-                if self.on_chunk is not None:
-                    self.on_chunk(i * len(chunks) + chunk + 1, n * len(chunks))
+                if on_chunk is not None:
+                    on_chunk(i * len(chunks) + chunk + 1, n * len(chunks))
             del attention
         for block in self.res_block:
             mixed = block(mixed)

@@ -38,7 +38,7 @@ from ..imageio import Picture
 from ..nets.mapping import build_mapping
 from ..nets.scratch_unet import build_scratch_detector
 from ..nets.vae import build_vae
-from ..progress import console
+from ..progress import console, report_within_item
 
 MODELS = {"quality": "oldphoto-quality", "scratch": "oldphoto-scratch", "hr": "oldphoto-hr"}
 MODES = ("full", "scale")
@@ -48,15 +48,53 @@ SCALE_SHORT_SIDE = 256  # test.py `Scale` / detection.py `scale_256`
 HR_MASK_DILATION = 3  # test.py parameter_set with --HR
 MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
 MASK_SUFFIX = "_mask"
+# Nominal work (FLOP) of the official networks, which weighs each step in a photo's progress: per detector
+# input pixel, per image pixel of one VAE pass, per latent position of the mapping's convolutions (and of
+# those before its attention), per pair of latent positions of the scratch attention.
+DETECTOR_WORK = 2.2e6
+VAE_WORK = 9.7e4
+MAPPING_WORK = {"quality": 7.2e7, "scratch": 1.03e8, "hr": 1.5e8}
+BEFORE_ATTENTION_WORK = {"scratch": 7.8e6, "hr": 2.7e7}
+ATTENTION_WORK = 4 * 512
 
 
 @dataclass
 class Work:
     """What flows through the stages: the image (uint8 H x W x 3) at the current stage's size, the scratch mask
-    (bool H x W, True = scratch) at the same size, or None on the quality path."""
+    (bool H x W, True = scratch) at the same size, or None on the quality path, and how far the photo has got."""
 
     image: np.ndarray
     mask: np.ndarray | None = None
+    progress: PhotoProgress | None = None
+
+
+class PhotoProgress:
+    """How far one photo has got, for the batch's bar (progress.report_within_item): each step's share is
+    its nominal work at the photo's size, so that the ETA holds from the first step on; the mapping moves
+    with the attention's chunks, which are nearly all of the work on large photos."""
+
+    def __init__(self, settings: Settings, width: int, height: int):
+        latent = width * height / 16
+        detector = DETECTOR_WORK * DETECTION_SHORT_SIDE**2 * max(width, height) / min(width, height)
+        self.kind = settings.kind
+        attention = ATTENTION_WORK * latent**2 if self.kind == "scratch" else 0.0
+        self.steps = {"detecting scratches": detector if settings.scratches else 0.0,
+                      "encoding": VAE_WORK * width * height, "mapping": MAPPING_WORK[self.kind] * latent + attention,
+                      "decoding": VAE_WORK * width * height}
+        self.before_attention = BEFORE_ATTENTION_WORK.get(self.kind, 0.0) * latent
+        self.attention = attention if self.kind == "scratch" else self.steps["mapping"] - self.before_attention
+        self.done, self.current = 0.0, None
+
+    def begin(self, step: str) -> None:
+        if self.current is not None:
+            self.done += self.steps[self.current]
+        self.current = step
+        report_within_item(self.done / sum(self.steps.values()), step)
+
+    def chunk_done(self, done: int, total: int) -> None:
+        """`done` of `total` chunks of the mapping's attention (or scales of the HR model's) are done."""
+        within = self.before_attention + self.attention * done / total
+        report_within_item((self.done + within) / sum(self.steps.values()), f"{self.current} {done}/{total}")
 
 
 @dataclass
@@ -129,7 +167,9 @@ class Restorer:
         if given_mask is not None and given_mask.shape != (picture.height, picture.width):
             raise InputError(f"the mask is {given_mask.shape[1]}x{given_mask.shape[0]}, the image "
                              f"{picture.width}x{picture.height}; they must have the same size")
-        work = Work(np.asarray(picture.to_pil("RGB")))
+        size = _rounded_size(picture.width, picture.height, 16 if self.settings.scratches else 4,
+                             self.settings.mode == "scale")
+        work = Work(np.asarray(picture.to_pil("RGB")), progress=PhotoProgress(self.settings, *size))
         for stage in self.stages(given_mask):
             work = stage(work)
         return _finish(work, picture)
@@ -149,6 +189,7 @@ class Restorer:
         return replace(work, image=_pil_resize(work.image, size, Image.BICUBIC))
 
     def detect_scratches(self, work: Work) -> Work:
+        _begin(work, "detecting scratches")
         grey = np.array(Image.fromarray(work.image).convert("L"))
         x = _normalised(torch.from_numpy(grey)[None, None])
         height, width = grey.shape
@@ -171,12 +212,16 @@ class Restorer:
             image = np.where(work.mask[:, :, None], np.uint8(255), image)
         x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None])
         with torch.inference_mode():
+            _begin(work, "encoding")
             latent = self.vae_a.encode(x.to(self.device, runtime.dtype_of(self.vae_a)))
+            _begin(work, "mapping")
             if work.mask is None:
                 mapped = self.mapping(latent.to(runtime.dtype_of(self.mapping)))
             else:
                 mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
-                mapped = self.mapping(latent.to(runtime.dtype_of(self.mapping)), mask)
+                on_chunk = work.progress.chunk_done if work.progress is not None else None
+                mapped = self.mapping(latent.to(runtime.dtype_of(self.mapping)), mask, on_chunk)
+            _begin(work, "decoding")
             generated = self.vae_b.decode(mapped.to(runtime.dtype_of(self.vae_b))).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
@@ -296,6 +341,11 @@ def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
         raise InputError(f"--mask {mask} is one file but there are {job_count} inputs; give a folder of masks "
                          "named like the inputs")
     return lambda source: mask
+
+
+def _begin(work: Work, step: str) -> None:
+    if work.progress is not None:
+        work.progress.begin(step)
 
 
 def _mask_stage(mask: np.ndarray) -> Callable[[Work], Work]:
