@@ -137,8 +137,9 @@ class Translator:
         # oneDNN and cuDNN run these convolutions faster on channels-last tensors (~15% on a CPU, measured)
         self.channels_last = backend == "torch" and self.device.type in ("cpu", "cuda")
         if backend == "torch":
-            self._module.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-            self._runner = runtime.make_runner(self._module, backend="torch", device=self.device, dtype=self.dtype)
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            self._runner = runtime.make_runner(self._module, backend="torch", device=self.device, dtype=self.dtype,
+                                               memory_format=layout)
         elif backend != "onnx":
             raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
         elif self.dtype != torch.float32:
