@@ -20,7 +20,8 @@ import torch
 from .. import hub, manifest, runtime
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, ModelError, OutputError
-from ..nets.ddpm_unet import DDPMUNet, load_unet
+from ..nets import registry
+from ..nets.ddpm_unet import DDPMUNet
 from ..progress import make_progress
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
@@ -76,7 +77,7 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
         name = entry.name
     unet_config = _read_json(config_path)
     schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
-    unet = load_unet(unet_config, load_state_dict(weights_path), where=str(weights_path))
+    unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
     return DiffusionModel(name, unet, schedule)
 
 
