@@ -20,6 +20,7 @@ import torch
 from . import __version__, manifest
 from .errors import ImgforgeError, OutputError
 from .nets.registry import Export, Network
+from .runtime import on_device
 
 OPSET = 17
 PRECISIONS = ("fp32", "fp16")
@@ -37,7 +38,7 @@ def export_graph(export: Export, path: Path, *, precision: str = "fp32", size: t
         raise ImgforgeError(f"ONNX graphs are fp32 or fp16, not {precision!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    module = export.module.cpu().eval()
+    module = on_device(export.module, torch.device("cpu")).eval()  # the caller's module stays where it is
     inputs = export.example_inputs(*(size or check_sizes(export)[0]))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shapes turned into constants mean nothing here
@@ -78,7 +79,7 @@ def check_graph(path: Path, export: Export, precision: str = "fp32") -> list[flo
     for size in check_sizes(export):
         inputs = export.example_inputs(*size)
         with torch.no_grad():
-            expected = export.module(*inputs)
+            expected = on_device(export.module, torch.device("cpu"))(*inputs)
         got = runner(*inputs)
         difference = float((got - expected.float()).abs().max())
         if not difference <= TOLERANCE[precision]:

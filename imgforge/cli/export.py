@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..progress import console
 from . import options
 from .app import app
 
@@ -36,5 +35,4 @@ def export(
                           weights_dir=weights_dir, quiet=quiet)
     for path in report.graphs:
         worst = max(report.differences[path.stem])
-        console.print(f"{path} (max abs diff from torch {worst:.2g} at two sizes)", markup=False, highlight=False,
-                      soft_wrap=True)
+        typer.echo(f"{path} (max abs diff from torch {worst:.2g} at two sizes)")

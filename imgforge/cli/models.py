@@ -11,6 +11,7 @@ from typing import Annotated, List, Optional
 import typer
 from rich.console import Console
 from rich.table import Column, Table
+from rich.text import Text
 
 from ..errors import ChecksumMismatch, ImgforgeError
 from ..manifest import ModelEntry, get_model, load_manifest, models_for_task
@@ -90,7 +91,7 @@ def verify(
                 try:
                     status = "ok" if verify_file(entry, source, path, rehash=True) else "no sha256 known"
                 except ChecksumMismatch:
-                    status = "[red]MISMATCH[/red]"
+                    status = Text("MISMATCH", style="red")
                     mismatches += 1
             table.add_row(entry.name, role, status, str(path or ""))
     _stdout().print(table)
@@ -148,9 +149,10 @@ def inspect(
 
 
 def _stdout() -> Console:
-    """Tables go to stdout; piped, they keep long names and descriptions on one line."""
-    out = Console()
-    return out if out.is_terminal else Console(width=200)
+    """Tables go to stdout, their cells printed as they are (no markup); piped, they keep long names and
+    descriptions on one line."""
+    out = Console(markup=False, highlight=False)
+    return out if out.is_terminal else Console(width=200, markup=False, highlight=False)
 
 
 def _describe(entry: ModelEntry, cached: dict) -> dict:

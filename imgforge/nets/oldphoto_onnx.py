@@ -7,6 +7,7 @@ registry's descriptors export these.
 
 from __future__ import annotations
 
+import warnings
 from typing import List
 
 import torch
@@ -54,8 +55,7 @@ class SequentialPart(nn.Module):
         return plain_sequential(getattr(self.net, self.part), x)
 
 
-@torch.jit.script
-def masked_attention_loop(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
+def _masked_attention_loop(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
                           tile_elements: int) -> torch.Tensor:
     """nonlocal_attention.masked_attention for a batch, as a loop the ONNX export keeps (an ONNX Loop whose trip
     count follows the input size): queries (N, L, C), keys (N, C, L), values (N, L, C), valid (N, 1, L)."""
@@ -70,6 +70,11 @@ def masked_attention_loop(queries: torch.Tensor, keys: torch.Tensor, values: tor
         scale = (weights.sum(2, keepdim=True) / total).clamp(min=1e-12) * total  # RENORM_EPS
         chunks.append(torch.bmm(weights, values) / scale)
     return torch.cat(chunks, 1)
+
+
+with warnings.catch_warnings():  # torch 2.14 calls scripting deprecated; the ONNX exporter still needs it for Loop
+    warnings.simplefilter("ignore", FutureWarning)
+    masked_attention_loop = torch.jit.script(_masked_attention_loop)
 
 
 class PartialNonLocalGraph(nn.Module):

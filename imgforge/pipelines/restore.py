@@ -45,7 +45,7 @@ DETECTION_SHORT_SIDE = 256  # detection.py scale_tensor: the U-Net always sees a
 SCALE_SHORT_SIDE = 256  # test.py `Scale` / detection.py `scale_256`
 HR_MASK_DILATION = 3  # test.py parameter_set with --HR
 MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
-MASK_SUFFIX = "_mask"
+MASK_OUTPUT = "_mask.png"  # --save-mask: <output stem>_mask.png beside each output
 
 
 @dataclass
@@ -266,8 +266,10 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     settings = Settings(scratches, mode, hr, mask_dilation, stretch)
     settings.check(has_mask=mask is not None, save_mask=save_mask)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
+    given_masks = _mask_files(Path(mask)) if mask is not None else []
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
-                     extension=output_format, default_suffix="_restored")
+                     extension=output_format, default_suffix="_restored",
+                     side_suffixes=[MASK_OUTPUT] if save_mask else [], also_read=given_masks)
     find_mask = _mask_finder(Path(mask), len(jobs)) if mask is not None else None
     restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
                         weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet)
@@ -284,7 +286,7 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         if result.mask is not None:
             record["scratch_fraction"] = round(float(result.mask.mean()), 6)
         if save_mask and result.mask is not None:  # before the output: an existing output implies its mask
-            mask_path = job.target.with_name(job.target.stem + MASK_SUFFIX + ".png")
+            mask_path = job.side_output(MASK_OUTPUT)
             imageio.write_image(mask_path, result.mask.astype(np.uint8) * 255)
             record["mask"] = str(mask_path)
         imageio.write_image(job.target, result.pixels, alpha=result.alpha, like=item[0])
@@ -336,6 +338,13 @@ def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
         if (candidate / first).is_dir():
             return candidate
     return folder
+
+
+def _mask_files(mask: Path) -> list[Path]:
+    """The given mask file, or the images of a mask folder: inputs too, which no output may replace."""
+    if mask.is_dir():
+        return [path for path in mask.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS]
+    return [mask]
 
 
 def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
