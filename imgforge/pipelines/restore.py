@@ -12,14 +12,14 @@ computation runs as a sequence of stages over one in-memory `Work` item (docs/re
                official save_image(normalize=True) min-max stretch and rounding to 8 bits
     finish     back to the input's size (bicubic), grey out for grey in, the input's alpha
 
-A face stage (detect, enhance, blend back on the global result, as the official stages 2-4) belongs between
-`global` and `finish`: `Restorer.stages()` is the one list to extend.
+    faces      detect, align, enhance and blend back the faces of the global result (the official stages 2-4,
+               imgforge/pipelines/faces.py); with faces_only the only stage before finish
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
@@ -38,6 +38,7 @@ from ..nets.mapping import build_mapping
 from ..nets.scratch_unet import build_scratch_detector
 from ..nets.vae import build_vae
 from ..progress import console
+from .faces import FaceCrop, FaceEnhancer
 
 MODELS = {"quality": "oldphoto-quality", "scratch": "oldphoto-scratch", "hr": "oldphoto-hr"}
 MODES = ("full", "scale")
@@ -56,6 +57,7 @@ class Work:
 
     image: np.ndarray
     mask: np.ndarray | None = None
+    faces: list[FaceCrop] = field(default_factory=list)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class RestoreResult:
     pixels: np.ndarray  # uint8 H x W x 3 (H x W x 1 for a grey input), the input's size
     alpha: np.ndarray | None  # the input's alpha, unchanged
     mask: np.ndarray | None  # bool H x W at the input's size: the scratches restored (after dilation)
+    faces: list[FaceCrop] = field(default_factory=list)  # the faces enhanced, in detection order
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class Settings:
     hr: bool = False
     mask_dilation: int | None = None  # None: 3 with hr, else 0
     stretch: bool = True
+    faces: bool = True
+    faces_only: bool = False
+    face_detector: str = "yunet"
 
     @property
     def kind(self) -> str:
@@ -84,6 +90,14 @@ class Settings:
         return HR_MASK_DILATION if self.hr else 0
 
     def check(self, *, has_mask: bool = False, save_mask: bool = False) -> None:
+        if self.faces_only:
+            if not self.faces:
+                raise ImgforgeError("--faces-only and --no-faces contradict each other")
+            for used, option in ((has_mask, "--mask"), (save_mask, "--save-mask"),
+                                 (self.mask_dilation is not None, "--mask-dilation")):
+                if used:
+                    raise ImgforgeError(f"{option} works on scratches; it cannot be combined with --faces-only")
+            return
         if self.mode not in MODES:
             raise ImgforgeError(f"unknown mode {self.mode!r}: use full or scale")
         if self.mask_dilation is not None and self.mask_dilation < 0:
@@ -103,6 +117,14 @@ class Restorer:
         self.settings = settings
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
+        self.faces = None
+        if settings.faces:
+            self.faces = FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector,
+                                      device=self.device, dtype=self.dtype, offline=offline,
+                                      weights_dir=weights_dir, quiet=quiet)
+        if settings.faces_only:
+            self.entry = self.faces.entry
+            return
         self.entry = manifest.get_model(MODELS[settings.kind])
         config = self.entry.config
         paths = _fetch(self.entry, offline, weights_dir, quiet)
@@ -115,10 +137,13 @@ class Restorer:
             self.detector = build_scratch_detector(weights["detector"], **config.get("detector", {})).to(self.device)
 
     def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
+        face_stage = [self.enhance_faces] if self.faces else []
+        if self.settings.faces_only:
+            return face_stage
         if not self.settings.scratches:
-            return [self.prepare_quality, self.restore_global]
+            return [self.prepare_quality, self.restore_global, *face_stage]
         find_mask = self.detect_scratches if given_mask is None else _mask_stage(given_mask)
-        return [self.prepare_scratch, find_mask, self.dilate, self.restore_global]
+        return [self.prepare_scratch, find_mask, self.dilate, self.restore_global, *face_stage]
 
     def run(self, picture: Picture, given_mask: np.ndarray | None = None) -> RestoreResult:
         if min(picture.width, picture.height) < MIN_SIDE:
@@ -178,15 +203,21 @@ class Restorer:
             generated = self.vae_b.decode(mapped).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
+    def enhance_faces(self, work: Work) -> Work:
+        image, faces = self.faces(work.image)
+        return replace(work, image=image, faces=faces)
+
 
 def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
-                  stretch: bool = True, device: str = "auto", precision: str = "fp32", offline: bool | None = None,
+                  stretch: bool = True, faces: bool = True, faces_only: bool = False, face_detector: str = "yunet",
+                  device: str = "auto", precision: str = "fp32", offline: bool | None = None,
                   weights_dir: Path | None = None, quiet: bool = True) -> RestoreResult:
     """Restore one image in memory: a Picture or an array (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]).
-    `mask`: a Picture or array of the image's size, scratches white/True. Loads the networks on each call;
-    restore() loads them once for many files."""
-    settings = Settings(scratches, mode, hr, mask_dilation, stretch)
+    `mask`: a Picture or array of the image's size, scratches white/True. `faces`: enhance the faces after the
+    global stage (`faces_only`: instead of it). Loads the networks on each call; restore() loads them once
+    for many files."""
+    settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
     settings.check(has_mask=mask is not None)
     picture = picture_or_array if isinstance(picture_or_array, Picture) else _picture_from_array(picture_or_array)
     restorer = Restorer(settings, device=device, precision=precision, offline=offline, weights_dir=weights_dir,
@@ -196,14 +227,18 @@ def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = T
 
 def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None, *,
             scratches: bool = True, mode: str = "full", hr: bool = False, mask: str | os.PathLike | None = None,
-            mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, device: str = "auto",
+            mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, faces: bool = True,
+            faces_only: bool = False, face_detector: str = "yunet", save_faces: bool = False, device: str = "auto",
             precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
             weights_dir: str | os.PathLike | None = None) -> BatchReport:
     """Restore image files (files, folders, globs) into `output` (a file for one input, else a folder; default:
     beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a folder of masks
-    named like the inputs. With save_mask, the scratch mask is written beside each output as <name>_mask.png."""
-    settings = Settings(scratches, mode, hr, mask_dilation, stretch)
+    named like the inputs. With save_mask, the scratch mask is written beside each output as <name>_mask.png;
+    with save_faces, each face as <name>_face<k>_aligned.png and <name>_face<k>_enhanced.png."""
+    settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
+    if save_faces and not faces:
+        raise ImgforgeError("--save-faces needs the face stage; it cannot be combined with --no-faces")
     settings.check(has_mask=mask is not None, save_mask=save_mask)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
@@ -221,6 +256,10 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
 
     def save(job: Job, item: tuple[Picture, np.ndarray | None], result: RestoreResult) -> dict:
         record = {"model": restorer.entry.name, "mode": mode}
+        if restorer.faces is not None:
+            record["faces"] = len(result.faces)
+        if save_faces:  # before the output, as the mask
+            record["face_files"] = [str(path) for path in _save_faces(job.target, result.faces)]
         if result.mask is not None:
             record["scratch_fraction"] = round(float(result.mask.mean()), 6)
         if save_mask and result.mask is not None:  # before the output: an existing output implies its mask
@@ -232,6 +271,21 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
 
     return run_batch(jobs, load=load, compute=compute, save=save, skip_existing=skip_existing, quiet=quiet,
                      label="restoring", json_lines=json)
+
+
+def face_paths(target: Path, index: int) -> tuple[Path, Path]:
+    """Where --save-faces writes face `index` (from 1) of an output: beside it, aligned and enhanced."""
+    stem = f"{target.stem}_face{index}"
+    return target.with_name(stem + "_aligned.png"), target.with_name(stem + "_enhanced.png")
+
+
+def _save_faces(target: Path, faces: list[FaceCrop]) -> list[Path]:
+    written = []
+    for index, face in enumerate(faces, start=1):
+        for path, pixels in zip(face_paths(target, index), (face.aligned, face.enhanced)):
+            imageio.write_image(path, pixels)
+            written.append(path)
+    return written
 
 
 def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
@@ -361,7 +415,7 @@ def _finish(work: Work, picture: Picture) -> RestoreResult:
     mask = None
     if work.mask is not None:
         mask = cv2.resize(work.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    return RestoreResult(pixels=pixels, alpha=picture.alpha, mask=mask)
+    return RestoreResult(pixels=pixels, alpha=picture.alpha, mask=mask, faces=work.faces)
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:
