@@ -101,9 +101,9 @@ def test_faces_only_no_faces_save_faces_and_json(weights_dir, tmp_path, capfd):
                  "--weights-dir", str(weights_dir)]) == 0
     record = json.loads(capfd.readouterr().out.strip().splitlines()[0])
     assert record["faces"] == 1 and record["model"] == "face-enhance-256"
-    aligned, enhanced = pipeline.face_paths(only, 1)
+    aligned, enhanced = (only.with_name("only" + suffix) for suffix in pipeline.FACE_OUTPUTS)
     assert record["face_files"] == [str(aligned), str(enhanced)]
-    assert Image.open(aligned).size == Image.open(enhanced).size == (256, 256)
+    assert Image.open(aligned).size == Image.open(enhanced).size == (256, 256)  # one face
     assert not np.array_equal(np.asarray(Image.open(aligned)), np.asarray(Image.open(enhanced)))
 
 

@@ -52,8 +52,8 @@ def restore(
                           "pip install 'imgforge[faces-dlib]'; its landmark model is not for commercial use).")
     ] = "yunet",
     save_faces: Annotated[
-        bool, typer.Option("--save-faces", help="Also write each face, aligned and enhanced, beside the output "
-                           "(<name>_face<k>_aligned.png, <name>_face<k>_enhanced.png).")
+        bool, typer.Option("--save-faces", help="Also write the faces, as found and as enhanced, beside the "
+                           "output (<name>_faces_aligned.png, <name>_faces_enhanced.png; side by side).")
     ] = False,
     recursive: options.Recursive = False,
     suffix: options.Suffix = "",

@@ -24,7 +24,7 @@ from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError
 from ..faces import align
 from ..faces.detect import DETECTORS, DlibDetector, FaceDetector, YuNetDetector
-from ..nets.face_spade import build_face_generator
+from ..nets import registry
 from ..progress import console
 
 GENERATORS = {256: "face-enhance-256", 512: "face-enhance-512"}
@@ -60,8 +60,8 @@ class FaceEnhancer:
     """The detector and the generator of one face size, loaded once; `__call__` runs the stage on a photo."""
 
     def __init__(self, *, size: int = 256, detector: str = "yunet", device: torch.device,
-                 dtype: torch.dtype = torch.float32, offline: bool | None = None, weights_dir: Path | None = None,
-                 quiet: bool = False):
+                 dtype: torch.dtype = torch.float32, backend: str = "torch", offline: bool | None = None,
+                 weights_dir: Path | None = None, quiet: bool = False):
         if detector not in DETECTORS:
             raise ImgforgeError(f"unknown face detector {detector!r}: use {' or '.join(DETECTORS)}")
         self.size = size
@@ -72,8 +72,11 @@ class FaceEnhancer:
         detector_file = fetch_face_file(detector_entry, next(iter(detector_entry.files)), folder, offline, quiet)
         self.detector: FaceDetector = (DlibDetector if detector == "dlib" else YuNetDetector)(detector_file)
         weights = load_state_dict(fetch_face_file(self.entry, "generator", folder, offline, quiet))
-        generator = build_face_generator(weights, **self.entry.config)
-        self.generator = runtime.TorchRunner(generator, device, dtype)
+        generator, family = registry.load(weights, "face_spade", **self.entry.config)
+        export = family.describe(generator, size=size).exports[0]
+        self.generator = runtime.make_runner(
+            generator, backend=backend, device=device, dtype=dtype, example_inputs=export.example_inputs(size, size),
+            input_names=export.input_names, dynamic_axes=export.dynamic_axes)
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceCrop]]:
         """(the photo with its faces enhanced, uint8 H x W x 3; the faces in detection order)."""

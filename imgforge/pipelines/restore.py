@@ -34,9 +34,8 @@ from ..batch import IMAGE_EXTENSIONS, BatchReport, Job, plan_jobs, run_batch
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, InputError
 from ..imageio import Picture
-from ..nets.mapping import build_mapping
-from ..nets.scratch_unet import build_scratch_detector
-from ..nets.vae import build_vae
+from ..nets import registry
+from ..nets.mapping import mapping_kind
 from ..progress import console
 from .faces import FaceCrop, FaceEnhancer
 
@@ -47,7 +46,9 @@ DETECTION_SHORT_SIDE = 256  # detection.py scale_tensor: the U-Net always sees a
 SCALE_SHORT_SIDE = 256  # test.py `Scale` / detection.py `scale_256`
 HR_MASK_DILATION = 3  # test.py parameter_set with --HR
 MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
-MASK_SUFFIX = "_mask"
+MASK_OUTPUT = "_mask.png"  # --save-mask: <output stem>_mask.png beside each output
+# --save-faces: the aligned and the enhanced faces, side by side in detection order, beside each output
+FACE_OUTPUTS = ("_faces_aligned.png", "_faces_enhanced.png")
 
 
 @dataclass
@@ -109,32 +110,55 @@ class Settings:
                     raise ImgforgeError(f"{option} works on scratches; it cannot be combined with --no-scratches")
 
 
-class Restorer:
-    """The networks of one restoration kind, loaded once, and the stages that use them."""
+# Each weights file of a restore model, the family it must be and its `config` table in the manifest.
+ROLES = {"detector": ("oldphoto_detector", "detector"), "vae_a": ("oldphoto_vae", "vae"),
+         "mapping": ("oldphoto_mapping", "mapping"), "vae_b": ("oldphoto_vae", "vae")}
 
-    def __init__(self, settings: Settings, *, device: str = "auto", precision: str = "fp32",
-                 offline: bool | None = None, weights_dir: Path | None = None, quiet: bool = False):
-        self.settings = settings
+
+class Restorer:
+    """The networks of one restoration model, loaded once through the registry, and the stages that use them.
+    `model` (a zoo name) defaults to the official model of `settings.kind`; given, the settings' kind follows
+    the model's networks (its mapping's kind, a detector or not)."""
+
+    def __init__(self, settings: Settings, *, model: str | None = None, device: str = "auto",
+                 precision: str = "fp32", offline: bool | None = None, weights_dir: Path | None = None,
+                 quiet: bool = False):
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
         self.faces = None
-        if settings.faces:
-            self.faces = FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector,
-                                      device=self.device, dtype=self.dtype, offline=offline,
-                                      weights_dir=weights_dir, quiet=quiet)
         if settings.faces_only:
+            self.settings = settings
+            self.faces = _face_enhancer(settings, self.device, self.dtype, offline, weights_dir, quiet)
             self.entry = self.faces.entry
             return
-        self.entry = manifest.get_model(MODELS[settings.kind])
-        config = self.entry.config
+        self.entry = manifest.get_model(model or MODELS[settings.kind])
+        if self.entry.task != "restore":
+            raise ImgforgeError(f"model '{self.entry.name}' is a {self.entry.task} model, not a restore model")
         paths = _fetch(self.entry, offline, weights_dir, quiet)
-        weights = {role: load_state_dict(path) for role, path in paths.items()}
-        self.vae_a = build_vae(weights["vae_a"], **config.get("vae", {})).to(self.device)
-        self.mapping = build_mapping(settings.kind, weights["mapping"], **config.get("mapping", {})).to(self.device)
-        self.vae_b = build_vae(weights["vae_b"], **config.get("vae", {})).to(self.device)
-        self.detector = None
-        if settings.scratches:
-            self.detector = build_scratch_detector(weights["detector"], **config.get("detector", {})).to(self.device)
+        unknown = sorted(set(paths) - set(ROLES))
+        if unknown or not {"vae_a", "mapping", "vae_b"} <= set(paths):
+            raise ImgforgeError(f"model '{self.entry.name}': a restore model has the files "
+                                f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
+        nets = {role: self._load(role, path) for role, path in paths.items()}
+        self.vae_a, self.mapping, self.vae_b = (nets[role].to(self.device) for role in ("vae_a", "mapping", "vae_b"))
+        self.detector = nets["detector"].to(self.device) if "detector" in nets else None
+        kind = mapping_kind(self.mapping.state_dict())
+        if model is not None:
+            settings = replace(settings, scratches=kind != "quality", hr=kind == "hr")
+        if kind != settings.kind or (self.detector is None) == settings.scratches:
+            raise ImgforgeError(f"model '{self.entry.name}' has a {kind} mapping"
+                                f"{'' if self.detector else ' and no detector'}; it cannot restore {settings.kind}")
+        self.settings = settings
+        if settings.faces:
+            self.faces = _face_enhancer(settings, self.device, self.dtype, offline, weights_dir, quiet)
+
+    def _load(self, role: str, path: Path) -> torch.nn.Module:
+        family, config_key = ROLES[role]
+        net, found = registry.load(load_state_dict(path), self.entry.arch, **self.entry.config.get(config_key, {}))
+        if found.name != family:
+            raise ImgforgeError(f"model '{self.entry.name}': its {role} file is a {found.name} network, not "
+                                f"{family}")
+        return net
 
     def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
         face_stage = [self.enhance_faces] if self.faces else []
@@ -208,6 +232,13 @@ class Restorer:
         return replace(work, image=image, faces=faces)
 
 
+def load_model(name: str, **options) -> Restorer:
+    """A restore model of the zoo by name (its global networks; the face stage's models are zoo entries of their
+    own), its kind (quality, scratch, HR) read from its networks; options go to Restorer (device=, precision=,
+    offline=, weights_dir=, quiet=)."""
+    return Restorer(Settings(faces=False), model=name, **options)
+
+
 def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
                   stretch: bool = True, faces: bool = True, faces_only: bool = False, face_detector: str = "yunet",
@@ -235,14 +266,17 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     """Restore image files (files, folders, globs) into `output` (a file for one input, else a folder; default:
     beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a folder of masks
     named like the inputs. With save_mask, the scratch mask is written beside each output as <name>_mask.png;
-    with save_faces, each face as <name>_face<k>_aligned.png and <name>_face<k>_enhanced.png."""
+    with save_faces, the faces as found and as enhanced as <name>_faces_aligned.png and <name>_faces_enhanced.png
+    (side by side in detection order; not written for a photo without faces)."""
     settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
     if save_faces and not faces:
         raise ImgforgeError("--save-faces needs the face stage; it cannot be combined with --no-faces")
     settings.check(has_mask=mask is not None, save_mask=save_mask)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
+    given_masks = _mask_files(Path(mask)) if mask is not None else []
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
-                     extension=output_format, default_suffix="_restored")
+                     extension=output_format, default_suffix="_restored",
+                     side_suffixes=[MASK_OUTPUT] * save_mask + [*FACE_OUTPUTS] * save_faces, also_read=given_masks)
     find_mask = _mask_finder(Path(mask), len(jobs)) if mask is not None else None
     restorer = Restorer(settings, device=device, precision=precision, offline=offline,
                         weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet)
@@ -258,12 +292,14 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         record = {"model": restorer.entry.name, "mode": mode}
         if restorer.faces is not None:
             record["faces"] = len(result.faces)
-        if save_faces:  # before the output, as the mask
-            record["face_files"] = [str(path) for path in _save_faces(job.target, result.faces)]
+        if save_faces and result.faces:  # before the output, as the mask
+            for suffix, crops in zip(FACE_OUTPUTS, zip(*((face.aligned, face.enhanced) for face in result.faces))):
+                imageio.write_image(job.side_output(suffix), np.concatenate(crops, axis=1))
+            record["face_files"] = [str(job.side_output(suffix)) for suffix in FACE_OUTPUTS]
         if result.mask is not None:
             record["scratch_fraction"] = round(float(result.mask.mean()), 6)
         if save_mask and result.mask is not None:  # before the output: an existing output implies its mask
-            mask_path = job.target.with_name(job.target.stem + MASK_SUFFIX + ".png")
+            mask_path = job.side_output(MASK_OUTPUT)
             imageio.write_image(mask_path, result.mask.astype(np.uint8) * 255)
             record["mask"] = str(mask_path)
         imageio.write_image(job.target, result.pixels, alpha=result.alpha, like=item[0])
@@ -271,21 +307,6 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
 
     return run_batch(jobs, load=load, compute=compute, save=save, skip_existing=skip_existing, quiet=quiet,
                      label="restoring", json_lines=json)
-
-
-def face_paths(target: Path, index: int) -> tuple[Path, Path]:
-    """Where --save-faces writes face `index` (from 1) of an output: beside it, aligned and enhanced."""
-    stem = f"{target.stem}_face{index}"
-    return target.with_name(stem + "_aligned.png"), target.with_name(stem + "_enhanced.png")
-
-
-def _save_faces(target: Path, faces: list[FaceCrop]) -> list[Path]:
-    written = []
-    for index, face in enumerate(faces, start=1):
-        for path, pixels in zip(face_paths(target, index), (face.aligned, face.enhanced)):
-            imageio.write_image(path, pixels)
-            written.append(path)
-    return written
 
 
 def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
@@ -321,6 +342,13 @@ def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: Path |
     return paths
 
 
+def _face_enhancer(settings: Settings, device: torch.device, dtype: torch.dtype, offline: bool | None,
+                   weights_dir: Path | None, quiet: bool) -> FaceEnhancer:
+    """The face stage: 512 px faces (FaceSR_512, the _HR scripts) with --hr, else 256 px."""
+    return FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, device=device,
+                        dtype=dtype, offline=offline, weights_dir=weights_dir, quiet=quiet)
+
+
 def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
     """Users point --weights-dir at the official Global/checkpoints folder or at Global/ above it. Hub paths
     start at detection/ or restoration/ (inside checkpoints/), members of global_checkpoints.zip at
@@ -330,6 +358,13 @@ def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
         if (candidate / first).is_dir():
             return candidate
     return folder
+
+
+def _mask_files(mask: Path) -> list[Path]:
+    """The given mask file, or the images of a mask folder: inputs too, which no output may replace."""
+    if mask.is_dir():
+        return [path for path in mask.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS]
+    return [mask]
 
 
 def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:

@@ -20,7 +20,8 @@ import torch
 from .. import hub, manifest, runtime
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, ModelError, OutputError
-from ..nets.ddpm_unet import DDPMUNet, load_unet
+from ..nets import registry
+from ..nets.ddpm_unet import DDPMUNet
 from ..progress import make_progress
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
@@ -76,7 +77,7 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
         name = entry.name
     unet_config = _read_json(config_path)
     schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
-    unet = load_unet(unet_config, load_state_dict(weights_path), where=str(weights_path))
+    unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
     return DiffusionModel(name, unet, schedule)
 
 
@@ -85,7 +86,7 @@ def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000
              eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
              on_step: Callable[[], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yields (indices, uint8 images N x H x W x C) batch by batch; image i is the same whatever else is drawn.
-    The U-Net is moved to `device` (and cast to a reduced `precision`) in place."""
+    The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is left as it was."""
     if batch_size < 1:
         raise ImgforgeError(f"--batch-size must be at least 1, not {batch_size}")
     chosen = make_sampler(sampler, model.schedule, steps, eta=eta, spacing=spacing)
@@ -114,6 +115,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     """Draw `num` images. With `output`, each is written as output/sample_00000.png ... as soon as its batch
     is done (nothing accumulates in memory; an interrupted run leaves only complete files, and skip_existing
     resumes it); `grid` writes one tiled picture of all of them. Without either, the images are returned."""
+    from ..batch import claim_outputs, output_exists
     from ..imageio import read_image, write_image
 
     if num < 1:
@@ -123,44 +125,50 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     if steps < 1 or batch_size < 1:
         raise ImgforgeError(f"--steps and --batch-size must be at least 1, not {steps} and {batch_size}")
     folder = Path(output) if output is not None else None
-    if folder is not None and folder.exists() and not folder.is_dir():
-        raise OutputError(f"--output must be a folder, and {folder} is a file")
     grid_path = Path(grid) if grid is not None else None
+    files = [folder / FILE_PATTERN.format(i) for i in range(num)] if folder is not None else []
+    claim_outputs([*((path, f"sample {i}") for i, path in enumerate(files)),
+                   *([(grid_path, "the grid")] if grid_path is not None else [])])
+    existing = {i for i, path in enumerate(files) if output_exists(path)}
+    if grid_path is not None:
+        output_exists(grid_path)
     loaded = load_model(model, offline=offline, weights_dir=weights_dir, quiet=quiet)
     channels, height, width = loaded.image_shape
     report = SampleReport(grid=grid_path)
-    todo = list(range(num))
-    if folder is not None and skip_existing:
-        todo = [i for i in todo if not (folder / FILE_PATTERN.format(i)).exists()]
-        report.skipped = num - len(todo)
+    todo = [i for i in range(num) if not (skip_existing and i in existing)]
+    report.skipped = num - len(todo)
     keep = np.zeros((num, height, width, channels), np.uint8) if folder is None and grid_path is None else None
     canvas = _GridCanvas(num, height, width, channels) if grid_path is not None else None
     if canvas is not None and folder is not None:
         for i in sorted(set(range(num)) - set(todo)):
-            existing = folder / FILE_PATTERN.format(i)
-            canvas.put(i, _as_sample(read_image(existing).pixels, (height, width, channels), existing))
+            canvas.put(i, _as_sample(read_image(files[i]).pixels, (height, width, channels), files[i]))
 
     chosen_steps = len(make_sampler(sampler, loaded.schedule, steps, eta=eta, spacing=spacing).timesteps)
     batches = math.ceil(len(todo) / batch_size) if todo else 0
     with make_progress(quiet=quiet) as progress:
         task = progress.add_task(f"sampling: batch 1/{batches}", total=batches * chosen_steps)
         done = 0
-        for batch, images in generate(
-            loaded, todo, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, device=device,
-            precision=precision, eta=eta, spacing=spacing, backend=backend,
-            on_step=lambda: progress.advance(task),
-        ):
-            done += 1
-            progress.update(task, description=f"sampling: batch {min(done + 1, batches)}/{batches}")
-            for i, image in zip(batch, images):
-                if folder is not None:
-                    path = folder / FILE_PATTERN.format(i)
-                    write_image(path, image)
-                    report.written.append(path)
-                elif keep is not None:
-                    keep[i] = image
-                if canvas is not None:
-                    canvas.put(i, image)
+        try:
+            for batch, images in generate(
+                loaded, todo, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, device=device,
+                precision=precision, eta=eta, spacing=spacing, backend=backend,
+                on_step=lambda: progress.advance(task),
+            ):
+                done += 1
+                progress.update(task, description=f"sampling: batch {min(done + 1, batches)}/{batches}")
+                for i, image in zip(batch, images):
+                    if folder is not None:
+                        write_image(files[i], image)
+                        report.written.append(files[i])
+                    elif keep is not None:
+                        keep[i] = image
+                    if canvas is not None:
+                        canvas.put(i, image)
+        except KeyboardInterrupt:
+            progress.stop()
+            resume = "; --skip-existing resumes" if folder is not None else ""
+            raise KeyboardInterrupt(f"{len(report.written)} of {len(todo)} images written, each complete"
+                                    f"{resume}") from None
     if canvas is not None:
         write_image(grid_path, canvas.pixels)
     report.images = keep
@@ -208,8 +216,8 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
         raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
     # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
     # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
-    # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md).
-    net = unet.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
+    # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md). The caller's U-Net is not touched.
+    net = runtime.on_device(unet, device, dtype, torch.channels_last).eval()
 
     def eps_torch(x: torch.Tensor, t: int) -> torch.Tensor:
         x = x.to(dtype).contiguous(memory_format=torch.channels_last)
