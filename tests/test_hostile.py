@@ -229,3 +229,111 @@ def test_ctrl_c_in_a_batch_prints_one_interrupted_line(here, capfd, monkeypatch)
     monkeypatch.setattr(pipeline, "load_generator", interrupted)
     assert main(["translate", "a.png", "-o", "out", "--model", "x", "-q"]) == 130
     assert stderr_lines(capfd) == ["interrupted"]
+
+
+# ---- 5. faults that would fail every image stop the run first ---------------------------------------------
+
+
+def test_missing_onnxruntime_stops_the_run_before_the_first_image(here, capfd, monkeypatch):
+    image(here / "a.png")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    assert main(["translate", "a.png", "-o", "out", "--model", "x", "--backend", "onnx"]) == 1
+    assert stderr_lines(capfd) == ["error: --backend onnx needs the onnxruntime package: pip install "
+                                   "'imgforge[onnx]' (GPU) or 'imgforge[onnx-cpu]'"]
+
+
+@pytest.mark.parametrize("value", ["lots", "-4", "0"])
+def test_a_bad_pixel_limit_stops_the_run_before_the_first_image(here, capfd, monkeypatch, value):
+    image(here / "a.png")
+    monkeypatch.setenv("IMGFORGE_MAX_PIXELS", value)
+    assert main(["translate", "a.png", "-o", "out", "--model", "x"]) == 1
+    assert stderr_lines(capfd) == [f"error: IMGFORGE_MAX_PIXELS must be a whole number of pixels, not '{value}'"]
+
+
+def test_a_run_wide_error_inside_the_batch_stops_it(here):
+    from imgforge.errors import RunWideError
+
+    def compute(items):
+        raise RunWideError("the backend is gone")
+
+    jobs = [Job(here / "a", here / "out" / "a"), Job(here / "b", here / "out" / "b")]
+    with pytest.raises(RunWideError):
+        run_batch(jobs, load=lambda job: job, compute=compute, save=lambda *_: None, quiet=True)
+
+
+def _conv():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1))
+
+
+def test_a_damaged_cached_onnx_graph_is_exported_again(tmp_path, monkeypatch):
+    import torch
+    from imgforge import runtime
+
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path))
+    example = [torch.randn(1, 3, 8, 8)]
+    runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), example_inputs=example)
+    (graph,) = (tmp_path / "onnx").glob("*.onnx")
+    graph.write_bytes(b"half a graph")  # a full disk, a killed copy
+    runner = runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), example_inputs=example)
+    assert (runner(example[0]) - _conv()(example[0])).abs().max() < 1e-5
+    assert graph.stat().st_size > 100
+
+
+def test_an_onnx_cache_that_is_a_file_is_named(tmp_path, monkeypatch):
+    import torch
+    from imgforge import runtime
+    from imgforge.errors import RunWideError
+
+    (tmp_path / "cache").write_text("a file")
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RunWideError, match=r"cannot create the ONNX graph cache .*cache/onnx \(set IMGFORGE_CACHE"):
+        runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), example_inputs=[torch.zeros(1, 3, 4, 4)])
+
+
+# ---- from reading the code ------------------------------------------------------------------------------
+
+
+def test_sampling_in_bf16_leaves_the_callers_model_alone(tmp_path):
+    import torch
+    from test_sample_cli import write_folder
+    from imgforge.pipelines.sample import generate, load_model
+
+    model = load_model(str(write_folder(tmp_path / "ddpm")))
+    before = {name: tensor.clone() for name, tensor in model.unet.state_dict().items()}
+    list(generate(model, [0], steps=1, precision="bf16", device="cpu"))
+    after = model.unet.state_dict()
+    assert all(after[name].dtype == torch.float32 and torch.equal(after[name], before[name]) for name in before)
+
+
+def test_a_runner_never_moves_the_module_it_is_given():
+    import torch
+    from imgforge import runtime
+
+    module = _conv()
+    runner = runtime.make_runner(module, device=torch.device("meta"))
+    assert {p.device.type for p in module.parameters()} == {"cpu"}
+    assert {p.device.type for p in runner.module.parameters()} == {"meta"}
+    same = runtime.make_runner(module, device=torch.device("cpu"))
+    assert same.module is module  # nothing to change: no copy
+
+
+def test_load_model_of_a_restore_model_from_a_user_manifest(tmp_path, monkeypatch, write_manifest):
+    import imgforge
+    from imgforge.errors import WeightsUnavailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    write_manifest(tmp_path, """
+        [models.my-restore]
+        task = "restore"
+        arch = "oldphoto"
+        description = "a restore model of my own"
+        files.vae_a = { hub = "me/mine", path = "restoration/VAE_A_quality/latest_net_G.pth" }
+        files.vae_b = { hub = "me/mine", path = "restoration/VAE_B_quality/latest_net_G.pth" }
+        files.mapping = { hub = "me/mine", path = "restoration/mapping_quality/latest_net_mapping.pth" }
+    """)
+    with pytest.raises(WeightsUnavailable, match="of model 'my-restore' is not cached"):
+        imgforge.load_model("my-restore")

@@ -124,6 +124,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
         raise ImgforgeError(f"unknown sampler {sampler!r}: use {', '.join(SAMPLERS)}")
     if steps < 1 or batch_size < 1:
         raise ImgforgeError(f"--steps and --batch-size must be at least 1, not {steps} and {batch_size}")
+    runtime.check_backend(backend)
     folder = Path(output) if output is not None else None
     grid_path = Path(grid) if grid is not None else None
     files = [folder / FILE_PATTERN.format(i) for i in range(num)] if folder is not None else []
