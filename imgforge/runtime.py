@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import ImgforgeError
+from .errors import ImgforgeError, RunWideError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("torch", "onnx")
@@ -124,12 +125,14 @@ def onnx_cache_dir() -> Path:
 
 def graph_key(export, precision: str) -> str:
     """What a cached graph depends on: the weights (every tensor of the exported module, buffers too, so a
-    test-time mode kept in a buffer counts), the export's names and axes, precision, opset and versions.
-    Never a batch or image size: graphs are dynamic in both."""
+    test-time mode kept in a buffer counts), the export's names, axes and size rule (the side a fixed-size
+    graph is traced at), precision, opset and versions. Never a batch or image size: graphs are dynamic in both
+    wherever the network allows."""
     from .export import OPSET
 
     digest = hashlib.sha256(repr((export.name, type(export.module).__name__, export.input_names, export.output_names,
-                                  export.dynamic_axes, precision, OPSET, __version__, torch.__version__)).encode())
+                                  export.dynamic_axes, export.size_multiple, export.min_side, precision, OPSET,
+                                  __version__, torch.__version__)).encode())
     for name, tensor in export.module.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -152,14 +155,22 @@ def onnx_providers(device: torch.device) -> list:
     return providers + ["CPUExecutionProvider"]
 
 
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImgforgeError(
-            "--backend onnx needs onnxruntime: pip install 'imgforge[onnx]' (GPU) or 'imgforge[onnx-cpu]'"
-        ) from None
-    return onnxruntime
+def check_backend(backend: str) -> None:
+    """RunWideError, before any image is read, for a backend that cannot run here."""
+    if backend not in BACKENDS:
+        raise RunWideError(f"unknown backend {backend!r}: use torch or onnx")
+    if backend == "onnx":
+        for package, extra in (("onnxruntime", "'imgforge[onnx]' (GPU) or 'imgforge[onnx-cpu]'"),
+                               ("onnx", "'imgforge[onnx]'")):  # torch.onnx needs onnx to export
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise RunWideError(f"--backend onnx needs the {package} package: pip install {extra}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 class OnnxRunner:
@@ -170,13 +181,13 @@ class OnnxRunner:
     backend = "onnx"
 
     def __init__(self, graph: Path, device: torch.device, output_names=None):
-        ort = _onnxruntime()
+        ort = importlib.import_module("onnxruntime")
         self.device = device
         options = ort.SessionOptions()
         options.log_severity_level = 3  # no warnings about unused initialisers and the like on stderr
         self.session = ort.InferenceSession(str(graph), options, providers=onnx_providers(device))
         if device.type == "cuda" and self.session.get_providers()[0] == "CPUExecutionProvider":
-            raise ImgforgeError(
+            raise RunWideError(
                 "onnxruntime could not use CUDA (is onnxruntime-gpu installed, without plain onnxruntime, "
                 "and are the CUDA libraries found?); use --device cpu or --backend torch"
             )
@@ -208,52 +219,61 @@ class OnnxRunner:
 
 def onnx_runner(export, device: torch.device, precision: str = "fp32") -> OnnxRunner:
     """The runner of a registry Export: its graph exported once into the cache (keyed by graph_key), then run
-    by ONNX Runtime. A cached graph that cannot be loaded (truncated, corrupt) is exported again; if that
-    fails too, the error stops the run before its first image."""
+    by ONNX Runtime. A cached graph that cannot be loaded (a full disk, a killed copy) is exported again; every
+    failure here is a RunWideError, which stops a batch before its first image."""
     from .export import export_graph
 
-    _onnxruntime()
+    check_backend("onnx")
     if precision == "fp16" and device.type != "cuda":
-        raise ImgforgeError("fp16 ONNX graphs run on a CUDA device only; use --precision fp32 on the CPU")
+        raise RunWideError("fp16 ONNX graphs run on a CUDA device only; use --precision fp32 on the CPU")
     if precision not in ("fp32", "fp16"):
-        raise ImgforgeError(f"--backend onnx runs fp32 or fp16 (GPU) graphs, not {precision}")
+        raise RunWideError(f"--backend onnx runs fp32 or fp16 (GPU) graphs, not {precision}")
     path = onnx_cache_dir() / f"{export.name}-{precision}-{graph_key(export, precision)}.onnx"
-    if not path.exists():
-        export_graph(export, path, precision=precision)
     try:
-        return OnnxRunner(path, device, export.output_names)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunWideError(f"cannot create the ONNX graph cache {path.parent} (set IMGFORGE_CACHE to a "
+                           f"writable folder): {exc.strerror or _first_line(exc)}") from None
+    if path.exists():
+        try:
+            return OnnxRunner(path, device, export.output_names)
+        except ImgforgeError:
+            raise
+        except Exception:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...): a damaged graph
+            path.unlink(missing_ok=True)
+    try:
+        export_graph(export, path, precision=precision)
     except ImgforgeError:
         raise
-    except Exception:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
-        path.unlink(missing_ok=True)
-    export_graph(export, path, precision=precision)
+    except Exception as exc:  # an export that fails once fails for every image
+        raise RunWideError(f"cannot export {export.name} to the ONNX graph {path}: "
+                           f"{getattr(exc, 'strerror', None) or _first_line(exc)}") from None
     try:
         return OnnxRunner(path, device, export.output_names)
     except ImgforgeError:
         raise
     except Exception as exc:
-        raise ImgforgeError(f"ONNX Runtime cannot load the graph {path} it just exported: "
-                            f"{' '.join(str(exc).split())[:200]}") from None
+        raise RunWideError(f"onnxruntime cannot load the graph exported to {path}: {_first_line(exc)}") from None
 
 
 Runner = Callable[..., torch.Tensor]
 
 
-def make_runner(module: torch.nn.Module, *, device: torch.device, dtype: torch.dtype = torch.float32,
-                memory_format: torch.memory_format | None = None) -> TorchRunner:
-    """The torch runner of a module (ONNX graphs: onnx_runner)."""
+def make_runner(module: torch.nn.Module, *, device: torch.device, backend: str = "torch",
+                dtype: torch.dtype = torch.float32, memory_format: torch.memory_format | None = None,
+                export=None) -> TorchRunner | OnnxRunner:
+    """The one way pipelines run a network: torch runs `module` (copied if it must move); onnx runs the graph
+    of `export` (the module's registry Export), in fp32 or, on a GPU, fp16."""
+    check_backend(backend)
+    if backend == "onnx":
+        return onnx_runner(export, device, onnx_precision(dtype))
     return TorchRunner(module, device, dtype, memory_format)
-
-
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
 
 
 def onnx_precision(dtype: torch.dtype) -> str:
     """The graph precision of --precision under --backend onnx: fp32, or fp16 (GPU)."""
     names = {torch.float32: "fp32", torch.float16: "fp16"}
     if dtype not in names:
-        raise ImgforgeError("--backend onnx runs fp32 or fp16 (GPU) graphs; drop --precision bf16 or use "
-                            "--backend torch")
+        raise RunWideError("--backend onnx runs fp32 or fp16 (GPU) graphs; drop --precision bf16 or use "
+                           "--backend torch")
     return names[dtype]

@@ -76,6 +76,7 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
         config_path, scheduler_path, weights_path = paths["config"], paths["scheduler"], paths["weights"]
         name = entry.name
     unet_config = _read_json(config_path)
+    _check_sample_size(unet_config.get("sample_size"), config_path)
     schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
     unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
     return DiffusionModel(name, unet, schedule, weights_path)
@@ -130,6 +131,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
         raise ImgforgeError(f"unknown sampler {sampler!r}: use {', '.join(SAMPLERS)}")
     if steps < 1 or batch_size < 1:
         raise ImgforgeError(f"--steps and --batch-size must be at least 1, not {steps} and {batch_size}")
+    runtime.check_backend(backend)
     folder = Path(output) if output is not None else None
     grid_path = Path(grid) if grid is not None else None
     files = [folder / FILE_PATTERN.format(i) for i in range(num)] if folder is not None else []
@@ -207,7 +209,7 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
     runtime.check_backend(backend)
     if backend == "onnx":
         (export,) = describe_unet(unet).exports  # any batch and size; timesteps as float32, one per image
-        runner = runtime.onnx_runner(export, device, runtime.onnx_precision(dtype))
+        runner = runtime.make_runner(unet, backend=backend, device=device, dtype=dtype, export=export)
 
         def eps_onnx(x: torch.Tensor, t: int) -> torch.Tensor:
             return runner(x, torch.full((x.shape[0],), float(t))).to(device)
@@ -246,6 +248,22 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read {path} as JSON: {' '.join(str(exc).split())}") from None
+
+
+def _check_sample_size(size: object, config_path: Path) -> None:
+    """sample_size, the side (or [height, width]) of the images drawn: positive, and within the pixel limit
+    every image imgforge handles obeys (IMGFORGE_MAX_PIXELS)."""
+    from ..imageio import max_pixels
+
+    if size is None:
+        return
+    sides = size if isinstance(size, list) and len(size) == 2 else [size, size]
+    if not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides):
+        raise ModelError(f"{config_path}: sample_size must be a positive whole number of pixels or a [height, width] "
+                         f"pair, not {json.dumps(size)}")
+    if sides[0] * sides[1] > max_pixels():
+        raise ModelError(f"{config_path}: sample_size {json.dumps(size)} makes images of {sides[0] * sides[1]} "
+                         f"pixels, over the limit of {max_pixels()} (IMGFORGE_MAX_PIXELS)")
 
 
 def _as_sample(pixels: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.ndarray:

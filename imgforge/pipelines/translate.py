@@ -119,16 +119,13 @@ class Translator:
         self.backend = backend
         self._module = TestTimeGenerator(generator, mode)
         self.dropout_layers = self._module.dropout_layers
-        runtime.check_backend(backend)
         # oneDNN and cuDNN run these convolutions faster on channels-last tensors (~15% on a CPU, measured)
         self.channels_last = backend == "torch" and self.device.type in ("cpu", "cuda")
-        if backend == "torch":
-            layout = torch.channels_last if self.channels_last else torch.contiguous_format
-            self._runner = runtime.make_runner(self._module, device=self.device, dtype=self.dtype,
-                                               memory_format=layout)
-        else:  # one graph for every size and batch, exported on first use (cached by weights and mode)
-            (export,) = describe_generator(generator, mode).exports
-            self._runner = runtime.onnx_runner(export, self.device, runtime.onnx_precision(self.dtype))
+        # under --backend onnx one graph serves every size and batch (cached by the weights and the mode)
+        (export,) = describe_generator(generator, mode).exports
+        self._runner = runtime.make_runner(
+            self._module, backend=backend, device=self.device, dtype=self.dtype, export=export,
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     @property
     def provider(self) -> str:
@@ -233,6 +230,7 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
         raise ImgforgeError(f"unknown direction {direction!r}: use AtoB or BtoA")
     if batch_size < 1:
         raise ImgforgeError("--batch-size must be at least 1")
+    runtime.check_backend(backend)
     sources = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
     jobs = plan_jobs(sources, None if output is None else os.fspath(output), recursive=recursive, suffix=suffix,
                      extension=output_format, default_suffix="_translated")
