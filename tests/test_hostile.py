@@ -481,3 +481,23 @@ def test_the_command_list_gives_whole_first_sentences(capsys, monkeypatch):
     commands = {line.split()[0]: line.split(None, 1)[1] for line in lines[lines.index("Commands:") + 1:] if line}
     assert commands["restore"] == "Restore old photos: repair scratches, then reduce noise, blur and fading."
     assert commands["sample"] == "Generate images with DDPM, from the official checkpoints or your own diffusers model."
+
+
+# ---- 13. a CPU-only install ---------------------------------------------------------------------------------
+
+
+def test_the_cpu_build_of_torch_meets_the_requirement_and_the_readme_says_how():
+    import tomllib
+
+    import torch
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [Requirement(text) for text in project["dependencies"]]
+    (torch_requirement,) = [r for r in requirements if r.name == "torch"]
+    # pip keeps an installed CPU build (a +cpu local version) only if the requirement accepts it
+    for version in ("2.4.0+cpu", "2.6.0+cpu", torch.__version__):
+        assert torch_requirement.specifier.contains(version), version
+    assert not [r.name for r in requirements if r.name.startswith(("nvidia", "triton", "cuda"))]
+    readme = (REPO / "README.md").read_text()
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme
