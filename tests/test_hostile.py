@@ -479,7 +479,9 @@ def test_help_is_wrapped_to_the_terminal_without_placeholders(command, columns, 
 def test_the_command_list_gives_whole_first_sentences(capsys, monkeypatch):
     lines = help_text([], 120, capsys, monkeypatch)
     commands = {line.split()[0]: line.split(None, 1)[1] for line in lines[lines.index("Commands:") + 1:] if line}
-    assert commands["restore"] == "Restore old photos: repair scratches, then reduce noise, blur and fading."
+    assert {"restore", "sample", "translate", "models"} <= set(commands)
+    for command, summary in commands.items():  # a whole sentence, not cut at "et al." nor shortened with "..."
+        assert summary.endswith(".") and not summary.endswith("..."), (command, summary)
     assert commands["sample"] == "Generate images with DDPM, from the official checkpoints or your own diffusers model."
 
 
