@@ -27,8 +27,10 @@ def export(
     offline: options.Offline = False,
     weights_dir: options.WeightsDir = None,
 ) -> None:
-    """Export every network of a model as an ONNX graph (dynamic batch, height and width), each checked with
-    onnx.checker and run by ONNX Runtime at two sizes against torch before it is reported."""
+    """Export a model's networks as checked ONNX graphs.
+
+    One graph per network (dynamic batch, height and width), each checked with onnx.checker and run by ONNX
+    Runtime at two sizes against torch before it is reported, with a JSON sidecar."""
     from ..export import export_model
 
     report = export_model(output, model, checkpoint, precision=precision.lower(), mode=mode, offline=offline,
