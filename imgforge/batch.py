@@ -2,34 +2,39 @@
 failing file is reported on one line and the batch goes on; outputs that exist can be skipped to resume.
 
 Naming rule (docs/usage.md): one input and `-o` with an image extension -> that file; otherwise `-o` is a
-folder and each output keeps the input's path relative to the folder it was found in (or its file name), with
-the suffix before the extension and the extension replaced when asked; without `-o`, next to the input with the
-suffix (default: `default_suffix`). An output may never be one of the inputs, and two inputs may never share an
-output: both are InputErrors raised before anything runs.
+folder (always, with a trailing slash) and each output keeps the input's path relative to the folder it was
+found in (or its file name), with the suffix before the extension and the extension replaced when asked;
+without `-o`, next to the input with the suffix (default: `default_suffix`). A job's side outputs (a mask, saved
+faces) are named `<output stem><side suffix>` beside its output.
+
+Every output, main or side, is planned before any work (`claim_outputs`): it may never be an input (or another
+file the run reads), two may never share a path, and with an `-o` folder each must resolve inside it. Each is
+an InputError/OutputError raised before anything is written; the `-o` folder itself is created by the first
+write, so a run that fails to start leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
 
 from rich.progress import Progress, TaskID
 
-from .errors import ImgforgeError, InputError, OutputError
-from .imageio import WRITE_FORMATS, partial_path
-from .progress import console, listening_within_item, make_progress
+from .errors import ImgforgeError, InputError, OutputError, RunWideError
+from .imageio import WRITE_FORMATS, max_pixels, partial_path
+from .progress import console, listening_within_item, make_progress, printable
 
 # what a folder listing picks up; a file named explicitly is always attempted
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
 _GLOB_CHARACTERS = frozenset("*?[")
 # inputs in a format imgforge reads but does not write (e.g. GIF) get this extension
 _FALLBACK_EXTENSION = ".png"
+_SEPARATORS = tuple({"/", "\\", os.sep, os.altsep or "/"})
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,8 +42,20 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Job:
+    """One input and every file written for it: plain paths, so that a job pickles (to another process or a
+    cluster worker) as it is."""
+
     source: Path
     target: Path
+    side_outputs: tuple[tuple[str, Path], ...] = ()  # (side suffix, path), e.g. ("_mask.png", out/a_mask.png)
+
+    def side_output(self, suffix: str) -> Path:
+        """The path planned for the side output declared with `suffix`."""
+        return dict(self.side_outputs)[suffix]
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.target, *(path for _, path in self.side_outputs))
 
 
 @dataclass
@@ -50,11 +67,17 @@ class BatchReport:
 
 
 def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = False, suffix: str = "",
-              extension: str | None = None, default_suffix: str = "_out") -> list[Job]:
+              extension: str | None = None, default_suffix: str = "_out", side_suffixes: Sequence[str] = (),
+              also_read: Iterable[str | os.PathLike] = ()) -> list[Job]:
     """Expand inputs into jobs (sorted within each input, inputs in the order given, duplicates dropped) and
-    give each its output path; the -o folder is created once the plan is valid. InputError for an input that
-    matches nothing, an output that would overwrite an input, or two inputs sharing an output."""
+    give each its output path and one path per side suffix (e.g. "_mask.png": `<output stem>_mask.png`).
+    `also_read`: other files the run reads (e.g. given masks), which no output may replace either.
+    InputError for an input that matches nothing; InputError/OutputError for a plan that would overwrite an
+    input, write two things to one path or leave the -o folder."""
     extension = _normalise_extension(extension)
+    for text, option in ((suffix, "--suffix"), *((side, "a side output suffix") for side in side_suffixes)):
+        _check_no_separator(text, option)
+    max_pixels()  # a bad IMGFORGE_MAX_PIXELS would fail every input: refuse it now
     found: list[tuple[Path, Path]] = []  # (source, path used for naming)
     for spec in inputs:
         found.extend(_expand(spec, recursive))
@@ -64,28 +87,81 @@ def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = Fa
     if not named:
         raise InputError("no input images given")
 
+    folder = None
     if output is not None and _names_a_file(output):
         if len(named) > 1:
             raise InputError(f"-o {output} names one file but there are {len(named)} inputs; give a folder")
-        jobs = [Job(source=source, target=Path(output)) for source, _ in named.values()]
+        targets = [(source, Path(output)) for source, _ in named.values()]
     else:
         folder = Path(output) if output is not None else None
-        jobs = [Job(source=source, target=_target(source, name, folder, suffix or ("" if folder else default_suffix),
-                                                  extension))
-                for source, name in named.values()]
-
-    owners: dict[Path, Path] = {}
-    for job in jobs:
-        resolved = job.target.resolve()
-        if resolved in named:
-            raise InputError(f"the output for {job.source} would overwrite the input {named[resolved][0]}; "
-                             "choose another -o folder or a --suffix")
-        if resolved in owners:
-            raise InputError(f"inputs {owners[resolved]} and {job.source} would both be written to {job.target}")
-        owners[resolved] = job.source
-    if output is not None and not _names_a_file(output):
-        _make_folder(Path(output))
+        chosen = suffix or ("" if folder else default_suffix)
+        targets = [(source, _target(source, name, folder, chosen, extension)) for source, name in named.values()]
+    jobs = [Job(source, target, tuple((side, target.with_name(target.stem + side)) for side in side_suffixes))
+            for source, target in targets]
+    read = {path: source for path, (source, _) in named.items()}
+    read.update((Path(path).resolve(), Path(path)) for path in also_read)
+    claims = [(path, _owner(job, path)) for job in jobs for path in job.outputs]
+    claim_outputs(claims, reads=read, folder=folder)
     return jobs
+
+
+def claim_outputs(claims: Iterable[tuple[Path, str]], *, reads: dict[Path, Path] | None = None,
+                  folder: Path | None = None) -> None:
+    """Check a run's planned outputs before any work: `claims` are (path, what it is, e.g. "the output of
+    a.png"); `reads` maps the resolved paths the run reads to their names as given. OutputError for a path
+    outside `folder` (when given) or an output folder that cannot be made; InputError for an output that is
+    one of `reads` or that two claims share."""
+    reads = reads or {}
+    inside = Path(os.path.realpath(folder)) if folder is not None else None
+    owners: dict[Path, str] = {}
+    parents: set[Path] = set()
+    for path, owner in claims:
+        parents.add(path.parent)
+        resolved = Path(os.path.realpath(path))
+        if inside is not None and not resolved.is_relative_to(inside):
+            raise OutputError(f"{owner} would be written to {path}, outside the output folder {folder}")
+        if resolved in reads:
+            raise InputError(f"{owner} would overwrite the input {reads[resolved]}; choose another -o folder or "
+                             "a --suffix")
+        if resolved in owners:
+            raise InputError(f"{owners[resolved]} and {owner} would both be written to {path}")
+        owners[resolved] = owner
+    for parent in parents:
+        check_folder_can_exist(parent)
+
+
+def check_folder_can_exist(folder: Path) -> None:
+    """OutputError if `folder` cannot be created because a file stands where it or one of its parents would
+    be (the folder itself is made by the first write into it)."""
+    for each in (folder, *folder.parents):
+        if each.is_dir():
+            return
+        if os.path.lexists(each):
+            what = "is a file" if each.is_file() else "is not a folder"
+            raise OutputError(f"cannot create output folder {folder}: {each} {what}")
+
+
+def output_exists(path: Path) -> bool:
+    """True if `path` holds an output from an earlier run (for --skip-existing), whose leftover temp file
+    from a killed overwrite is then removed. OutputError if a folder stands where the file should go."""
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: a folder is in the way")
+    if not path.exists():
+        return False
+    partial_path(path).unlink(missing_ok=True)
+    return True
+
+
+def _owner(job: Job, path: Path) -> str:
+    if path == job.target:
+        return f"the output for {job.source}"
+    side = next(side for side, each in job.side_outputs if each == path)
+    return f"the {Path(side).stem.lstrip('_') or side} output for {job.source}"
+
+
+def _check_no_separator(text: str, option: str) -> None:
+    if any(separator in text for separator in _SEPARATORS) or "\0" in text:
+        raise OutputError(f"{option} {text!r} may not contain a path separator: it names files, not folders")
 
 
 def _normalise_extension(extension: str | None) -> str | None:
@@ -112,18 +188,34 @@ def _expand(spec: str, recursive: bool) -> list[tuple[Path, Path]]:
             raise InputError(f"no images {where} folder {spec}{hint}")
         return images
     if _GLOB_CHARACTERS & set(spec):
-        matches = sorted(glob.glob(spec, recursive=True))
-        images = [(Path(m), Path(Path(m).name)) for m in matches
-                  if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS]
+        matches = _glob(spec)
+        images = [(m, Path(m.name)) for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
         for match in matches:
-            if Path(match).is_dir():
-                images.extend((image, Path(image.name)) for image in _list_folder(Path(match), recursive))
+            if match.is_dir():
+                images.extend((image, Path(image.name)) for image in _list_folder(match, recursive))
         if not images:
             raise InputError(f"no images match {spec}")
         return images
     if os.path.lexists(spec):
         raise InputError(f"cannot read {spec}: not a file or folder")
     raise InputError(f"cannot read {spec}: no such file or folder")
+
+
+def _glob(spec: str) -> list[Path]:
+    """Matches of a glob pattern, sorted; `**` is any depth of folders but never follows a symlinked folder
+    (two links to `..` would make it run forever). Hidden files and folders are left out unless the pattern
+    names one."""
+    parts = Path(spec).parts
+    fixed = next(i for i, part in enumerate(parts) if _GLOB_CHARACTERS & set(part))
+    root = Path(*parts[:fixed]) if fixed else Path()
+    pattern = str(Path(*parts[fixed:]))
+    try:
+        matches = sorted(root.glob(pattern))
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot expand {spec}: {exc}") from None
+    if any(part.startswith(".") for part in Path(pattern).parts):
+        return matches
+    return [m for m in matches if not any(part.startswith(".") for part in m.relative_to(root).parts)]
 
 
 def _list_folder(folder: Path, recursive: bool) -> list[Path]:
@@ -140,15 +232,10 @@ def _list_folder(folder: Path, recursive: bool) -> list[Path]:
 
 
 def _names_a_file(output: str) -> bool:
+    if output.endswith(_SEPARATORS):
+        return False
     path = Path(output)
     return path.suffix.lower() in WRITE_FORMATS and not path.is_dir()
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
 
 
 def _target(source: Path, name: Path, folder: Path | None, suffix: str, extension: str | None) -> Path:
@@ -168,8 +255,8 @@ def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callabl
     record. A failure in load/save fails that file, one in compute fails its group; each is printed as
     `failed: <path>: <reason>` on stderr as it happens. Records (and, with json_lines, one JSON object per
     job on stdout) come in the order jobs finish: input order, except that a failed load can overtake the
-    group still being filled.
-    Ctrl-C stops after a summary line and re-raises KeyboardInterrupt."""
+    group still being filled. A job whose output (or side output) is a folder fails. A RunWideError stops
+    the batch. Ctrl-C raises KeyboardInterrupt("N done, ..."), the summary for the one "interrupted" line."""
     report = BatchReport()
     pending: list[tuple[Job, Any]] = []
     pending_key: Hashable = None
@@ -182,7 +269,8 @@ def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callabl
                 entry["error"] = error
                 report.failed.append((job.source, error))
                 reason = error.removeprefix(f"cannot read {job.source}: ")  # read_image names the file too
-                console.print(f"failed: {job.source}: {reason}", markup=False, highlight=False, soft_wrap=True)
+                console.print(f"failed: {printable(job.source)}: {printable(reason)}", markup=False, highlight=False,
+                              soft_wrap=True)
             elif status == "done":
                 report.done += 1
             else:
@@ -202,6 +290,8 @@ def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callabl
                     results = compute([item for _, item in group])
                 if len(results) != len(group):
                     raise RuntimeError(f"compute returned {len(results)} results for {len(group)} inputs")
+            except RunWideError:
+                raise
             except Exception as exc:
                 error = _describe(exc)
                 for job, _ in group:
@@ -210,6 +300,8 @@ def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callabl
             for (job, item), result in zip(group, results):
                 try:
                     extra = save(job, item, result)
+                except RunWideError:
+                    raise
                 except Exception as exc:
                     record(job, "failed", _describe(exc))
                 else:
@@ -217,12 +309,18 @@ def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callabl
 
         try:
             for job in jobs:
-                if skip_existing and job.target.exists():
-                    partial_path(job.target).unlink(missing_ok=True)  # a temp file from a killed overwrite
+                try:
+                    written_before = [output_exists(path) for path in job.outputs]  # side outputs come first
+                except OutputError as exc:
+                    record(job, "failed", str(exc))
+                    continue
+                if skip_existing and written_before[0]:
                     record(job, "skipped")
                     continue
                 try:
                     item = load(job)
+                except RunWideError:
+                    raise
                 except Exception as exc:
                     record(job, "failed", _describe(exc))
                     continue
@@ -237,10 +335,10 @@ def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callabl
                 flush()
         except KeyboardInterrupt:
             progress.stop()
-            console.print(f"interrupted: {report.done} done, {report.skipped} skipped, {len(report.failed)} failed, "
-                          f"{len(jobs) - len(report.records)} not run; outputs written so far are complete",
-                          markup=False, highlight=False, soft_wrap=True)
-            raise
+            raise KeyboardInterrupt(
+                f"{report.done} done, {report.skipped} skipped, {len(report.failed)} failed, "
+                f"{len(jobs) - len(report.records)} not run; outputs written so far are complete"
+            ) from None
     return report
 
 

@@ -10,7 +10,7 @@ import typer
 
 from .. import __version__
 from ..errors import ImgforgeError
-from ..progress import console
+from ..progress import console, print_error, printable
 
 app = typer.Typer(
     name="imgforge",
@@ -18,6 +18,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain Click help: paragraphs re-wrapped to the terminal (up to 120 columns), no type placeholders, no markup
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 
 
@@ -38,7 +41,7 @@ def _root(
 
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and leave with `code`."""
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -49,30 +52,48 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="imgforge")
     except SystemExit as exc:
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None:
+            return _interrupted(interrupt)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except ImgforgeError as exc:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {_one_line(exc)}", soft_wrap=True)
+        print_error(_one_line(exc))
         return exc.exit_code
-    except MemoryError:
-        if debug:
-            raise
-        console.print("[red]error:[/red] out of memory; try a smaller --batch-size, a smaller image or --device cpu")
-        return 1
     except Exception as exc:  # a bug: still one line, with the way to see the traceback
         if debug:
             raise
-        console.print(
-            f"[red]error:[/red] internal error: {type(exc).__name__}: {_one_line(exc)} "
-            "(set IMGFORGE_DEBUG=1 for the traceback)",
-            soft_wrap=True,
-        )
+        if _out_of_memory(exc):
+            print_error("out of memory; try a smaller --batch-size, a smaller image or --device cpu")
+        else:
+            print_error(f"internal error: {type(exc).__name__}: {_one_line(exc)} (set IMGFORGE_DEBUG=1 for the "
+                        "traceback)")
         return 1
     return 0
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """Typer turns Ctrl-C into Exit(130) inside the command; the KeyboardInterrupt is still in the chain."""
+    seen = exc
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Every command's Ctrl-C ends with one line; a command that knows what was done says so."""
+    detail = _one_line(exc) if exc.args else ""
+    console.print(f"interrupted: {printable(detail)}" if detail else "interrupted", soft_wrap=True)
+    return 130
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """MemoryError, or torch's allocator failing (a RuntimeError on the CPU, OutOfMemoryError on a GPU)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def _one_line(exc: BaseException) -> str:

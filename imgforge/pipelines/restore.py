@@ -12,15 +12,15 @@ computation runs as a sequence of stages over one in-memory `Work` item (docs/re
                official save_image(normalize=True) min-max stretch and rounding to 8 bits
     finish     back to the input's size (bicubic), grey out for grey in, the input's alpha
 
-A face stage (detect, enhance, blend back on the global result, as the official stages 2-4) belongs between
-`global` and `finish`: `Restorer.stages()` is the one list to extend.
+    faces      detect, align, enhance and blend back the faces of the global result (the official stages 2-4,
+               imgforge/pipelines/faces.py); with faces_only the only stage before finish
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
@@ -33,12 +33,12 @@ from PIL import Image
 from .. import hub, imageio, manifest, runtime
 from ..batch import IMAGE_EXTENSIONS, BatchReport, Job, plan_jobs, run_batch
 from ..checkpoint import load_state_dict
-from ..errors import ImgforgeError, InputError
+from ..errors import ImgforgeError, InputError, RunWideError
 from ..imageio import Picture
-from ..nets.mapping import build_mapping
-from ..nets.scratch_unet import build_scratch_detector
-from ..nets.vae import build_vae
+from ..nets import registry
+from ..nets.mapping import mapping_kind
 from ..progress import console, report_within_item
+from .faces import FaceCrop, FaceEnhancer
 
 MODELS = {"quality": "oldphoto-quality", "scratch": "oldphoto-scratch", "hr": "oldphoto-hr"}
 MODES = ("full", "scale")
@@ -47,7 +47,9 @@ DETECTION_SHORT_SIDE = 256  # detection.py scale_tensor: the U-Net always sees a
 SCALE_SHORT_SIDE = 256  # test.py `Scale` / detection.py `scale_256`
 HR_MASK_DILATION = 3  # test.py parameter_set with --HR
 MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
-MASK_SUFFIX = "_mask"
+MASK_OUTPUT = "_mask.png"  # --save-mask: <output stem>_mask.png beside each output
+# --save-faces: the aligned and the enhanced faces, side by side in detection order, beside each output
+FACE_OUTPUTS = ("_faces_aligned.png", "_faces_enhanced.png")
 # Nominal work (FLOP) of the official networks, which weighs each step in a photo's progress: per detector
 # input pixel, per image pixel of one VAE pass, per latent position of the mapping's convolutions (and of
 # those before its attention), per pair of latent positions of the scratch attention.
@@ -65,6 +67,7 @@ class Work:
 
     image: np.ndarray
     mask: np.ndarray | None = None
+    faces: list[FaceCrop] = field(default_factory=list)
     progress: PhotoProgress | None = None
 
 
@@ -102,6 +105,7 @@ class RestoreResult:
     pixels: np.ndarray  # uint8 H x W x 3 (H x W x 1 for a grey input), the input's size
     alpha: np.ndarray | None  # the input's alpha, unchanged
     mask: np.ndarray | None  # bool H x W at the input's size: the scratches restored (after dilation)
+    faces: list[FaceCrop] = field(default_factory=list)  # the faces enhanced, in detection order
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,9 @@ class Settings:
     hr: bool = False
     mask_dilation: int | None = None  # None: 3 with hr, else 0
     stretch: bool = True
+    faces: bool = True
+    faces_only: bool = False
+    face_detector: str = "yunet"
 
     @property
     def kind(self) -> str:
@@ -123,6 +130,14 @@ class Settings:
         return HR_MASK_DILATION if self.hr else 0
 
     def check(self, *, has_mask: bool = False, save_mask: bool = False) -> None:
+        if self.faces_only:
+            if not self.faces:
+                raise ImgforgeError("--faces-only and --no-faces contradict each other")
+            for used, option in ((has_mask, "--mask"), (save_mask, "--save-mask"),
+                                 (self.mask_dilation is not None, "--mask-dilation")):
+                if used:
+                    raise ImgforgeError(f"{option} works on scratches; it cannot be combined with --faces-only")
+            return
         if self.mode not in MODES:
             raise ImgforgeError(f"unknown mode {self.mode!r}: use full or scale")
         if self.mask_dilation is not None and self.mask_dilation < 0:
@@ -134,31 +149,99 @@ class Settings:
                     raise ImgforgeError(f"{option} works on scratches; it cannot be combined with --no-scratches")
 
 
-class Restorer:
-    """The networks of one restoration kind, loaded once, and the stages that use them."""
+# Each weights file of a restore model: the family it must be, its `config` table in the manifest, and the
+# part of it the restoration runs (None: the whole network).
+ROLES = {"detector": ("oldphoto_detector", "detector", None), "vae_a": ("oldphoto_vae", "vae", ("encoder",)),
+         "mapping": ("oldphoto_mapping", "mapping", None), "vae_b": ("oldphoto_vae", "vae", ("decoder",))}
 
-    def __init__(self, settings: Settings, *, device: str = "auto", precision: str = "fp32",
-                 offline: bool | None = None, weights_dir: Path | None = None, quiet: bool = False):
-        self.settings = settings
+
+class Restorer:
+    """The networks of one restoration model, loaded once through the registry, and the stages that use them.
+    `model` (a zoo name) defaults to the official model of `settings.kind`; given, the settings' kind follows
+    the model's networks (its mapping's kind, a detector or not)."""
+
+    def __init__(self, settings: Settings, *, model: str | None = None, device: str = "auto",
+                 precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
+                 weights_dir: Path | None = None, quiet: bool = False):
+        runtime.check_backend(backend)
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
-        self.entry = manifest.get_model(MODELS[settings.kind])
-        config = self.entry.config
+        self.faces = None
+        if settings.faces_only:
+            self.settings = settings
+            self.faces = _face_enhancer(settings, self.device, self.dtype, backend, offline, weights_dir, quiet)
+            self.entry = self.faces.entry
+            return
+        self.entry = manifest.get_model(model or MODELS[settings.kind])
+        if self.entry.task != "restore":
+            raise ImgforgeError(f"model '{self.entry.name}' is a {self.entry.task} model, not a restore model")
         paths = _fetch(self.entry, offline, weights_dir, quiet)
-        weights = {role: load_state_dict(path) for role, path in paths.items()}
-        place = functools.partial(runtime.place, device=self.device, dtype=self.dtype)
-        self.vae_a = place(build_vae(weights["vae_a"], **config.get("vae", {})))
-        self.mapping = place(build_mapping(settings.kind, weights["mapping"], **config.get("mapping", {})))
-        self.vae_b = place(build_vae(weights["vae_b"], **config.get("vae", {})))
-        self.detector = None
-        if settings.scratches:
-            self.detector = place(build_scratch_detector(weights["detector"], **config.get("detector", {})))
+        unknown = sorted(set(paths) - set(ROLES))
+        if unknown or not {"vae_a", "mapping", "vae_b"} <= set(paths):
+            raise ImgforgeError(f"model '{self.entry.name}': a restore model has the files "
+                                f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
+        self.networks = [self._load(role, path) for role, path in paths.items()]
+        place = (functools.partial(runtime.place, device=self.device, dtype=self.dtype) if backend == "torch"
+                 else lambda module: module.to(self.device))  # ONNX Runtime runs the float32 graph
+        nets = {network.role: place(network.module) for network in self.networks}
+        self.vae_a, self.mapping, self.vae_b = (nets[role] for role in ("vae_a", "mapping", "vae_b"))
+        self.detector = nets.get("detector")
+        kind = mapping_kind(self.mapping.state_dict())
+        if model is not None:
+            settings = replace(settings, scratches=kind != "quality", hr=kind == "hr")
+        if kind != settings.kind or (self.detector is None) == settings.scratches:
+            raise ImgforgeError(f"model '{self.entry.name}' has a {kind} mapping"
+                                f"{'' if self.detector else ' and no detector'}; it cannot restore {settings.kind}")
+        self.settings = settings
+        if settings.faces:
+            self.faces = _face_enhancer(settings, self.device, self.dtype, backend, offline, weights_dir, quiet)
+        self.backend = backend
+        self.run_network = self._torch_calls() if backend == "torch" else self._onnx_calls()
+
+    def _load(self, role: str, path: Path) -> registry.Network:
+        family, config_key, parts = ROLES[role]
+        net, found = registry.load(load_state_dict(path), self.entry.arch, **self.entry.config.get(config_key, {}))
+        if found.name != family:
+            raise ImgforgeError(f"model '{self.entry.name}': its {role} file is a {found.name} network, not "
+                                f"{family}")
+        return registry.Network(role, net, found, source=path, parts=parts)
+
+    def _torch_calls(self) -> dict[str, Callable]:
+        """Each network called on inputs cast to the precision it was placed in (runtime.place)."""
+        def cast(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return x.to(runtime.dtype_of(net))
+
+        return {"detector": lambda x: self.detector(cast(self.detector, x)),
+                "vae_a": lambda x: self.vae_a.encode(cast(self.vae_a, x)),
+                "mapping": lambda latent, *mask, **progress: self.mapping(cast(self.mapping, latent), *mask, **progress),
+                "vae_b": lambda z: self.vae_b.decode(cast(self.vae_b, z))}
+
+    def _onnx_calls(self) -> dict[str, Callable]:
+        """One ONNX Runtime graph per network part (exported on first use, cached by weights)."""
+        calls = {}
+        for network in self.networks:
+            exports = network.exports()
+            if not exports:
+                raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
+                                    f"{network.role} has no ONNX graph yet; use --backend torch")
+            calls[network.role] = runtime.make_runner(network.module, backend="onnx", device=self.device,
+                                                      dtype=self.dtype, export=exports[0])
+        return calls
+
+    @property
+    def provider(self) -> str:
+        """Where the global networks run: onnxruntime's provider in use, or torch's device."""
+        runner = getattr(self, "run_network", {}).get("vae_a")
+        return getattr(runner, "provider", f"torch:{self.device}")
 
     def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
+        face_stage = [self.enhance_faces] if self.faces else []
+        if self.settings.faces_only:
+            return face_stage
         if not self.settings.scratches:
-            return [self.prepare_quality, self.restore_global]
+            return [self.prepare_quality, self.restore_global, *face_stage]
         find_mask = self.detect_scratches if given_mask is None else _mask_stage(given_mask)
-        return [self.prepare_scratch, find_mask, self.dilate, self.restore_global]
+        return [self.prepare_scratch, find_mask, self.dilate, self.restore_global, *face_stage]
 
     def run(self, picture: Picture, given_mask: np.ndarray | None = None) -> RestoreResult:
         if min(picture.width, picture.height) < MIN_SIDE:
@@ -195,7 +278,7 @@ class Restorer:
         height, width = grey.shape
         with torch.inference_mode():
             scaled = F.interpolate(x.to(self.device), _detection_size(height, width), mode="bilinear")
-            probability = torch.sigmoid(self.detector(scaled.to(runtime.dtype_of(self.detector))).float())
+            probability = torch.sigmoid(self.run_network["detector"](scaled).float())
         probability = F.interpolate(probability, [height, width], mode="nearest")
         return replace(work, mask=(probability >= MASK_THRESHOLD)[0, 0].cpu().numpy())
 
@@ -210,53 +293,79 @@ class Restorer:
         image = work.image
         if work.mask is not None:  # irregular_hole_synthesize: scratch pixels become white
             image = np.where(work.mask[:, :, None], np.uint8(255), image)
-        x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None])
+        x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]).to(self.device)
         with torch.inference_mode():
             _begin(work, "encoding")
-            latent = self.vae_a.encode(x.to(self.device, runtime.dtype_of(self.vae_a)))
+            latent = self.run_network["vae_a"](x)
             _begin(work, "mapping")
             if work.mask is None:
-                mapped = self.mapping(latent.to(runtime.dtype_of(self.mapping)))
+                mapped = self.run_network["mapping"](latent)
             else:
                 mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
-                on_chunk = work.progress.chunk_done if work.progress is not None else None
-                mapped = self.mapping(latent.to(runtime.dtype_of(self.mapping)), mask, on_chunk)
+                chunks = {"on_chunk": work.progress.chunk_done} if work.progress and self.backend == "torch" else {}
+                mapped = self.run_network["mapping"](latent, mask, **chunks)
             _begin(work, "decoding")
-            generated = self.vae_b.decode(mapped.to(runtime.dtype_of(self.vae_b))).float()
+            generated = self.run_network["vae_b"](mapped).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
+
+    def enhance_faces(self, work: Work) -> Work:
+        image, faces = self.faces(work.image)
+        return replace(work, image=image, faces=faces)
+
+
+def load_model(name: str, **options) -> Restorer:
+    """A restore model of the zoo by name (its global networks; the face stage's models are zoo entries of their
+    own), its kind (quality, scratch, HR) read from its networks; options go to Restorer (device=, precision=,
+    backend=, offline=, weights_dir=, quiet=)."""
+    return Restorer(Settings(faces=False), model=name, **options)
+
+
+def load_networks(name: str, **options) -> list[registry.Network]:
+    """The networks of a restore model, each with the part the restoration runs (for `imgforge export`)."""
+    return load_model(name, device="cpu", **options).networks
 
 
 def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
-                  stretch: bool = True, device: str = "auto", precision: str = "fp32", offline: bool | None = None,
+                  stretch: bool = True, faces: bool = True, faces_only: bool = False, face_detector: str = "yunet",
+                  device: str = "auto", precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
                   weights_dir: Path | None = None, quiet: bool = True) -> RestoreResult:
     """Restore one image in memory: a Picture or an array (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]).
-    `mask`: a Picture or array of the image's size, scratches white/True. Loads the networks on each call;
-    restore() loads them once for many files."""
-    settings = Settings(scratches, mode, hr, mask_dilation, stretch)
+    `mask`: a Picture or array of the image's size, scratches white/True. `faces`: enhance the faces after the
+    global stage (`faces_only`: instead of it). Loads the networks on each call; restore() loads them once
+    for many files."""
+    settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
     settings.check(has_mask=mask is not None)
     picture = picture_or_array if isinstance(picture_or_array, Picture) else _picture_from_array(picture_or_array)
-    restorer = Restorer(settings, device=device, precision=precision, offline=offline, weights_dir=weights_dir,
-                        quiet=quiet)
+    restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
+                        weights_dir=weights_dir, quiet=quiet)
     return restorer.run(picture, None if mask is None else mask_array(mask))
 
 
 def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None, *,
             scratches: bool = True, mode: str = "full", hr: bool = False, mask: str | os.PathLike | None = None,
-            mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, device: str = "auto",
+            mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, faces: bool = True,
+            faces_only: bool = False, face_detector: str = "yunet", save_faces: bool = False, device: str = "auto",
+            backend: str = "torch",
             precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
             weights_dir: str | os.PathLike | None = None) -> BatchReport:
     """Restore image files (files, folders, globs) into `output` (a file for one input, else a folder; default:
     beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a folder of masks
-    named like the inputs. With save_mask, the scratch mask is written beside each output as <name>_mask.png."""
-    settings = Settings(scratches, mode, hr, mask_dilation, stretch)
+    named like the inputs. With save_mask, the scratch mask is written beside each output as <name>_mask.png;
+    with save_faces, the faces as found and as enhanced as <name>_faces_aligned.png and <name>_faces_enhanced.png
+    (side by side in detection order; not written for a photo without faces)."""
+    settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
+    if save_faces and not faces:
+        raise ImgforgeError("--save-faces needs the face stage; it cannot be combined with --no-faces")
     settings.check(has_mask=mask is not None, save_mask=save_mask)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
+    given_masks = _mask_files(Path(mask)) if mask is not None else []
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
-                     extension=output_format, default_suffix="_restored")
+                     extension=output_format, default_suffix="_restored",
+                     side_suffixes=[MASK_OUTPUT] * save_mask + [*FACE_OUTPUTS] * save_faces, also_read=given_masks)
     find_mask = _mask_finder(Path(mask), len(jobs)) if mask is not None else None
-    restorer = Restorer(settings, device=device, precision=precision, offline=offline,
+    restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
                         weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet)
 
     def load(job: Job) -> tuple[Picture, np.ndarray | None]:
@@ -267,11 +376,17 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         return [restorer.run(picture, given) for picture, given in items]
 
     def save(job: Job, item: tuple[Picture, np.ndarray | None], result: RestoreResult) -> dict:
-        record = {"model": restorer.entry.name, "mode": mode}
+        record = {"model": restorer.entry.name, "mode": mode, "provider": restorer.provider}
+        if restorer.faces is not None:
+            record["faces"] = len(result.faces)
+        if save_faces and result.faces:  # before the output, as the mask
+            for suffix, crops in zip(FACE_OUTPUTS, zip(*((face.aligned, face.enhanced) for face in result.faces))):
+                imageio.write_image(job.side_output(suffix), np.concatenate(crops, axis=1))
+            record["face_files"] = [str(job.side_output(suffix)) for suffix in FACE_OUTPUTS]
         if result.mask is not None:
             record["scratch_fraction"] = round(float(result.mask.mean()), 6)
         if save_mask and result.mask is not None:  # before the output: an existing output implies its mask
-            mask_path = job.target.with_name(job.target.stem + MASK_SUFFIX + ".png")
+            mask_path = job.side_output(MASK_OUTPUT)
             imageio.write_image(mask_path, result.mask.astype(np.uint8) * 255)
             record["mask"] = str(mask_path)
         imageio.write_image(job.target, result.pixels, alpha=result.alpha, like=item[0])
@@ -314,6 +429,13 @@ def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: Path |
     return paths
 
 
+def _face_enhancer(settings: Settings, device: torch.device, dtype: torch.dtype, backend: str, offline: bool | None,
+                   weights_dir: Path | None, quiet: bool) -> FaceEnhancer:
+    """The face stage: 512 px faces (FaceSR_512, the _HR scripts) with --hr, else 256 px."""
+    return FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, device=device,
+                        dtype=dtype, backend=backend, offline=offline, weights_dir=weights_dir, quiet=quiet)
+
+
 def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
     """Users point --weights-dir at the official Global/checkpoints folder or at Global/ above it. Hub paths
     start at detection/ or restoration/ (inside checkpoints/), members of global_checkpoints.zip at
@@ -323,6 +445,13 @@ def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
         if (candidate / first).is_dir():
             return candidate
     return folder
+
+
+def _mask_files(mask: Path) -> list[Path]:
+    """The given mask file, or the images of a mask folder: inputs too, which no output may replace."""
+    if mask.is_dir():
+        return [path for path in mask.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS]
+    return [mask]
 
 
 def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
@@ -413,7 +542,7 @@ def _finish(work: Work, picture: Picture) -> RestoreResult:
     mask = None
     if work.mask is not None:
         mask = cv2.resize(work.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    return RestoreResult(pixels=pixels, alpha=picture.alpha, mask=mask)
+    return RestoreResult(pixels=pixels, alpha=picture.alpha, mask=mask, faces=work.faces)
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -20,7 +19,8 @@ import torch
 from .. import hub, manifest, runtime
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, ModelError, OutputError
-from ..nets.ddpm_unet import DDPMUNet, load_unet
+from ..nets import registry
+from ..nets.ddpm_unet import DDPMUNet, describe_unet
 from ..progress import make_progress
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
@@ -37,6 +37,7 @@ class DiffusionModel:
     name: str
     unet: DDPMUNet
     schedule: NoiseSchedule
+    source: Path | None = None  # the weights file
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -75,9 +76,16 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
         config_path, scheduler_path, weights_path = paths["config"], paths["scheduler"], paths["weights"]
         name = entry.name
     unet_config = _read_json(config_path)
+    _check_sample_size(unet_config.get("sample_size"), config_path)
     schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
-    unet = load_unet(unet_config, load_state_dict(weights_path), where=str(weights_path))
-    return DiffusionModel(name, unet, schedule)
+    unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
+    return DiffusionModel(name, unet, schedule, weights_path)
+
+
+def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Network]:
+    """The U-Net as a registry Network (role "unet"), for export and workers."""
+    loaded = load_model(model, **options)
+    return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source)]
 
 
 def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000, sampler: str = "ddpm",
@@ -85,13 +93,13 @@ def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000
              eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
              on_step: Callable[[], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yields (indices, uint8 images N x H x W x C) batch by batch; image i is the same whatever else is drawn.
-    The U-Net is moved to `device` (and cast to a reduced `precision`) in place."""
+    The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is left as it was."""
     if batch_size < 1:
         raise ImgforgeError(f"--batch-size must be at least 1, not {batch_size}")
     chosen = make_sampler(sampler, model.schedule, steps, eta=eta, spacing=spacing)
     torch_device = runtime.select_device(device)
     dtype = runtime.select_dtype(precision, torch_device)
-    eps_fn = make_eps_function(model.unet, torch_device, dtype, backend, model.image_shape)
+    eps_fn = make_eps_function(model.unet, torch_device, dtype, backend)
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
         generators = [torch.Generator().manual_seed(seed + i) for i in batch]
@@ -114,6 +122,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     """Draw `num` images. With `output`, each is written as output/sample_00000.png ... as soon as its batch
     is done (nothing accumulates in memory; an interrupted run leaves only complete files, and skip_existing
     resumes it); `grid` writes one tiled picture of all of them. Without either, the images are returned."""
+    from ..batch import claim_outputs, output_exists
     from ..imageio import read_image, write_image
 
     if num < 1:
@@ -122,45 +131,52 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
         raise ImgforgeError(f"unknown sampler {sampler!r}: use {', '.join(SAMPLERS)}")
     if steps < 1 or batch_size < 1:
         raise ImgforgeError(f"--steps and --batch-size must be at least 1, not {steps} and {batch_size}")
+    runtime.check_backend(backend)
     folder = Path(output) if output is not None else None
-    if folder is not None and folder.exists() and not folder.is_dir():
-        raise OutputError(f"--output must be a folder, and {folder} is a file")
     grid_path = Path(grid) if grid is not None else None
+    files = [folder / FILE_PATTERN.format(i) for i in range(num)] if folder is not None else []
+    claim_outputs([*((path, f"sample {i}") for i, path in enumerate(files)),
+                   *([(grid_path, "the grid")] if grid_path is not None else [])])
+    existing = {i for i, path in enumerate(files) if output_exists(path)}
+    if grid_path is not None:
+        output_exists(grid_path)
     loaded = load_model(model, offline=offline, weights_dir=weights_dir, quiet=quiet)
     channels, height, width = loaded.image_shape
     report = SampleReport(grid=grid_path)
-    todo = list(range(num))
-    if folder is not None and skip_existing:
-        todo = [i for i in todo if not (folder / FILE_PATTERN.format(i)).exists()]
-        report.skipped = num - len(todo)
+    todo = [i for i in range(num) if not (skip_existing and i in existing)]
+    report.skipped = num - len(todo)
     keep = np.zeros((num, height, width, channels), np.uint8) if folder is None and grid_path is None else None
     canvas = _GridCanvas(num, height, width, channels) if grid_path is not None else None
     if canvas is not None and folder is not None:
         for i in sorted(set(range(num)) - set(todo)):
-            existing = folder / FILE_PATTERN.format(i)
-            canvas.put(i, _as_sample(read_image(existing).pixels, (height, width, channels), existing))
+            canvas.put(i, _as_sample(read_image(files[i]).pixels, (height, width, channels), files[i]))
 
     chosen_steps = len(make_sampler(sampler, loaded.schedule, steps, eta=eta, spacing=spacing).timesteps)
     batches = math.ceil(len(todo) / batch_size) if todo else 0
     with make_progress(quiet=quiet) as progress:
         task = progress.add_task(f"sampling: batch 1/{batches}", total=batches * chosen_steps)
         done = 0
-        for batch, images in generate(
-            loaded, todo, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, device=device,
-            precision=precision, eta=eta, spacing=spacing, backend=backend,
-            on_step=lambda: progress.advance(task),
-        ):
-            done += 1
-            progress.update(task, description=f"sampling: batch {min(done + 1, batches)}/{batches}")
-            for i, image in zip(batch, images):
-                if folder is not None:
-                    path = folder / FILE_PATTERN.format(i)
-                    write_image(path, image)
-                    report.written.append(path)
-                elif keep is not None:
-                    keep[i] = image
-                if canvas is not None:
-                    canvas.put(i, image)
+        try:
+            for batch, images in generate(
+                loaded, todo, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, device=device,
+                precision=precision, eta=eta, spacing=spacing, backend=backend,
+                on_step=lambda: progress.advance(task),
+            ):
+                done += 1
+                progress.update(task, description=f"sampling: batch {min(done + 1, batches)}/{batches}")
+                for i, image in zip(batch, images):
+                    if folder is not None:
+                        write_image(files[i], image)
+                        report.written.append(files[i])
+                    elif keep is not None:
+                        keep[i] = image
+                    if canvas is not None:
+                        canvas.put(i, image)
+        except KeyboardInterrupt:
+            progress.stop()
+            resume = "; --skip-existing resumes" if folder is not None else ""
+            raise KeyboardInterrupt(f"{len(report.written)} of {len(todo)} images written, each complete"
+                                    f"{resume}") from None
     if canvas is not None:
         write_image(grid_path, canvas.pixels)
     report.images = keep
@@ -187,29 +203,22 @@ class _GridCanvas:
 
 
 def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype = torch.float32,
-                      backend: str = "torch", image_shape: tuple[int, int, int] = (3, 32, 32)):
+                      backend: str = "torch"):
     """(x, t) -> eps in float32 on `device`, through torch (fp32, or the U-Net cast to bf16/fp16) or ONNX
-    (exported for `image_shape`, any batch size)."""
+    (one graph for any batch and size, cached)."""
+    runtime.check_backend(backend)
     if backend == "onnx":
-        # the runner feeds every input as float32; the U-Net takes float timesteps as well
-        example = (torch.zeros((1, *image_shape)), torch.zeros(1))
-        with warnings.catch_warnings():  # the exporter's tracer warnings mean nothing to a user
-            warnings.simplefilter("ignore")
-            runner = runtime.make_runner(
-                unet, backend="onnx", device=device, dtype=dtype, example_inputs=example,
-                input_names=("sample", "timestep"), dynamic_axes={"sample": {0: "batch"}, "timestep": {0: "batch"}},
-            )
+        (export,) = describe_unet(unet).exports  # any batch and size; timesteps as float32, one per image
+        runner = runtime.make_runner(unet, backend=backend, device=device, dtype=dtype, export=export)
 
         def eps_onnx(x: torch.Tensor, t: int) -> torch.Tensor:
             return runner(x, torch.full((x.shape[0],), float(t))).to(device)
 
         return eps_onnx
-    if backend != "torch":
-        raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
     # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
     # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
-    # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md).
-    net = unet.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
+    # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md). The caller's U-Net is not touched.
+    net = runtime.on_device(unet, device, dtype, torch.channels_last).eval()
 
     def eps_torch(x: torch.Tensor, t: int) -> torch.Tensor:
         x = x.to(dtype).contiguous(memory_format=torch.channels_last)
@@ -239,6 +248,22 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read {path} as JSON: {' '.join(str(exc).split())}") from None
+
+
+def _check_sample_size(size: object, config_path: Path) -> None:
+    """sample_size, the side (or [height, width]) of the images drawn: positive, and within the pixel limit
+    every image imgforge handles obeys (IMGFORGE_MAX_PIXELS)."""
+    from ..imageio import max_pixels
+
+    if size is None:
+        return
+    sides = size if isinstance(size, list) and len(size) == 2 else [size, size]
+    if not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides):
+        raise ModelError(f"{config_path}: sample_size must be a positive whole number of pixels or a [height, width] "
+                         f"pair, not {json.dumps(size)}")
+    if sides[0] * sides[1] > max_pixels():
+        raise ModelError(f"{config_path}: sample_size {json.dumps(size)} makes images of {sides[0] * sides[1]} "
+                         f"pixels, over the limit of {max_pixels()} (IMGFORGE_MAX_PIXELS)")
 
 
 def _as_sample(pixels: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.ndarray:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,17 +24,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from .. import hub, manifest, runtime
 from ..batch import BatchReport, Job, plan_jobs, run_batch
 from ..checkpoint import load_state_dict
-from ..errors import ImgforgeError, InputError, ModelError
+from ..errors import ImgforgeError, InputError
 from ..imageio import Picture, read_image, write_image
-from ..nets.pix2pix import DROPOUT_P, Generator, GeneratorOptions, build_generator, infer_options, load_weights
+from ..nets import registry
+from ..nets.pix2pix import DROPOUT_P, TEST_MODES, Generator, GeneratorOptions, TestTimeGenerator, describe_generator
 from ..progress import console
 
-MODES = ("official", "eval", "no-dropout")
+MODES = TEST_MODES
 DIRECTIONS = manifest.DIRECTIONS
 OFFICIAL_SIZE = 256  # test.py: load_size = crop_size = 256, resized ignoring the aspect ratio
 NATIVE = "native"
@@ -56,20 +55,23 @@ def load_generator(model: str | None = None, checkpoint: str | os.PathLike | Non
     checkpoint (an official latest_net_G.pth) as a generator on the CPU, eval(), weights loaded strictly.
     Its options are read from the weights; the manifest's config and the arguments override them, and a
     mismatch is a ModelError naming the option."""
+    return load_networks(model, checkpoint, netG=netG, norm=norm, ngf=ngf, dropout=dropout, offline=offline,
+                         weights_dir=weights_dir, quiet=quiet)[0].module
+
+
+def load_networks(model: str | None = None, checkpoint: str | os.PathLike | None = None, *, mode: str = "official",
+                  offline: bool | None = None, weights_dir: Path | None = None, quiet: bool = False,
+                  **options) -> list[registry.Network]:
+    """The generator as a registry Network (role "generator", its test-time `mode`), for export and workers;
+    `options`: netG, norm, ngf, dropout overrides."""
     path, entry = _weights_file(model, checkpoint, offline=offline, weights_dir=weights_dir, quiet=quiet)
-    state = load_state_dict(path)
     requested = dict(entry.config) if entry is not None else {}
-    requested.update({k: v for k, v in dict(netG=netG, norm=norm, ngf=ngf, dropout=dropout).items() if v is not None})
-    found, _ = infer_options(state)
-    try:
-        options = replace(found, **requested)
-    except TypeError as exc:
-        raise ModelError(f"model '{entry.name}': bad config in the manifest ({exc})") from None
-    with torch.device("meta"):  # no random initialisation of weights that are overwritten next
-        net = build_generator(options)
-    net = net.to_empty(device="cpu")
-    load_weights(net, state)
-    return net.eval()
+    requested.update(options)
+    net, family = registry.load(load_state_dict(path), entry.arch if entry is not None else "pix2pix", **requested)
+    return [registry.Network("generator", net, family, source=path, settings={"mode": mode})]
+
+
+load_model = load_generator  # imgforge.load_model(name) for translate models
 
 
 def _weights_file(model, checkpoint, *, offline, weights_dir, quiet) -> tuple[Path, manifest.ModelEntry | None]:
@@ -85,22 +87,6 @@ def _weights_file(model, checkpoint, *, offline, weights_dir, quiet) -> tuple[Pa
         raise ImgforgeError(f"model '{entry.name}' is a {entry.task} model; translate needs a translate model "
                             "(see `imgforge models list --task translate`)")
     return hub.fetch_file(entry, "generator", offline=offline, weights_dir=weights_dir, quiet=quiet), entry
-
-
-class _TestTimeGenerator(nn.Module):
-    """The generator as the runner calls it in one BatchNorm mode, set at every call (translators may share a
-    generator). The mode is also a buffer, so that ONNX exports of the two modes (same weights, different
-    graphs) get different cache keys."""
-
-    def __init__(self, generator: Generator, per_image: bool):
-        super().__init__()
-        self.generator = generator
-        self.per_image = per_image
-        self.register_buffer("image_statistics", torch.tensor(per_image))
-
-    def forward(self, x: torch.Tensor, *dropout_masks: torch.Tensor) -> torch.Tensor:
-        self.generator.use_image_statistics(self.per_image)
-        return self.generator(x, *dropout_masks)
 
 
 @dataclass
@@ -131,18 +117,19 @@ class Translator:
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
         self.backend = backend
-        self.dropout_layers = generator.dropout_layers() if mode == "official" else []
-        self._module = _TestTimeGenerator(generator, per_image=mode != "eval")
-        self._runner = None
+        self._module = TestTimeGenerator(generator, mode)
+        self.dropout_layers = self._module.dropout_layers
         # oneDNN and cuDNN run these convolutions faster on channels-last tensors (~15% on a CPU, measured)
         self.channels_last = backend == "torch" and self.device.type in ("cpu", "cuda")
-        if backend == "torch":
-            self._module.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-            self._runner = runtime.make_runner(self._module, backend="torch", device=self.device, dtype=self.dtype)
-        elif backend != "onnx":
-            raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
-        elif self.dtype != torch.float32:
-            raise ImgforgeError("--backend onnx runs in fp32 only; drop --precision or use --backend torch")
+        # under --backend onnx one graph serves every size and batch (cached by the weights and the mode)
+        (export,) = describe_generator(generator, mode).exports
+        self._runner = runtime.make_runner(
+            self._module, backend=backend, device=self.device, dtype=self.dtype, export=export,
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    @property
+    def provider(self) -> str:
+        return self._runner.provider
 
     @property
     def uses_dropout(self) -> bool:
@@ -172,8 +159,7 @@ class Translator:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         inputs = [batch, *self._dropout_masks(tensors)]
-        runner = self._runner or self._onnx_runner(inputs)
-        output = runner(*inputs)
+        output = self._runner(*inputs)
         return list(output.split(1))
 
     def finish(self, output: torch.Tensor, prepared: Prepared) -> np.ndarray:
@@ -202,17 +188,6 @@ class Translator:
             per_image.append([(torch.rand(layer.mask_shape(height, width), generator=generator) >= DROPOUT_P)
                               .float() / (1 - DROPOUT_P) for layer in self.dropout_layers])
         return [torch.stack(masks) for masks in zip(*per_image)]
-
-    def _onnx_runner(self, inputs: list[torch.Tensor]):
-        """Exported at the first batch (cached on disk by weights, mode and signature); any size and batch
-        runs on the same graph."""
-        names = ["input"] + [f"dropout{i}" for i in range(len(inputs) - 1)]
-        axes = {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in names}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's notes on the legacy path and on instance_norm
-            self._runner = runtime.make_runner(self._module, backend="onnx", device=self.device,
-                                               example_inputs=inputs, input_names=names, dynamic_axes=axes)
-        return self._runner
 
 
 def translate_image(image: Image.Image | np.ndarray, *, model: str | None = None,
@@ -255,6 +230,7 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
         raise ImgforgeError(f"unknown direction {direction!r}: use AtoB or BtoA")
     if batch_size < 1:
         raise ImgforgeError("--batch-size must be at least 1")
+    runtime.check_backend(backend)
     sources = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
     jobs = plan_jobs(sources, None if output is None else os.fspath(output), recursive=recursive, suffix=suffix,
                      extension=output_format, default_suffix="_translated")
