@@ -132,22 +132,27 @@ def matmul_peak(dtype: torch.dtype, clock_kind: str, repeats: int = 3) -> float:
     return 2 * PEAK_SIZE**3 / best / 1e9
 
 
-def random_checkpoints(folder: Path, chain: str) -> None:
-    """Random full-size weights in the official layout (folder = Global/, holding checkpoints/)."""
+def write_checkpoints(folder: Path, chain: str, detector: dict, vae_a: dict, mapping: dict, vae_b: dict) -> None:
+    """State dicts in the official layout (folder = Global/, holding checkpoints/), as restore reads them."""
     mapping_folder = {"quality": "mapping_quality", "scratch": "mapping_scratch", "hr": "mapping_Patch_Attention"}
-    vae_b = "VAE_B_quality" if chain == "quality" else "VAE_B_scratch"
-    from imgforge.nets.scratch_unet import build_scratch_detector
-
     files = {
-        "detection/FT_Epoch_latest.pt": {"model_state": build_scratch_detector().state_dict()},
-        "restoration/VAE_A_quality/latest_net_G.pth": build_vae().state_dict(),
-        f"restoration/{vae_b}/latest_net_G.pth": build_vae().state_dict(),
-        f"restoration/{mapping_folder[chain]}/latest_net_mapping_net.pth": build_mapping(chain).state_dict(),
+        "detection/FT_Epoch_latest.pt": {"model_state": detector},
+        "restoration/VAE_A_quality/latest_net_G.pth": vae_a,
+        f"restoration/{'VAE_B_quality' if chain == 'quality' else 'VAE_B_scratch'}/latest_net_G.pth": vae_b,
+        f"restoration/{mapping_folder[chain]}/latest_net_mapping_net.pth": mapping,
     }
     for relative, state in files.items():
         path = folder / "checkpoints" / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, path)
+
+
+def random_checkpoints(folder: Path, chain: str = "scratch") -> None:
+    """Random full-size weights in the official layout."""
+    from imgforge.nets.scratch_unet import build_scratch_detector
+
+    write_checkpoints(folder, chain, build_scratch_detector().state_dict(), build_vae().state_dict(),
+                      build_mapping(chain).state_dict(), build_vae().state_dict())
 
 
 def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_kind: str) -> dict:
@@ -159,7 +164,7 @@ def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_
 
     height, width = parse_size(size)
     photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB").resize((width, height), Image.BICUBIC))
-    settings = Settings(scratches=chain != "quality", hr=chain == "hr")
+    settings = Settings(scratches=chain != "quality", hr=chain == "hr", faces=False)
     restorer = Restorer(settings, device="cpu", precision=precision, offline=True, weights_dir=Path(weights),
                         quiet=True)
     before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -213,7 +213,7 @@ class Restorer:
 
         return {"detector": lambda x: self.detector(cast(self.detector, x)),
                 "vae_a": lambda x: self.vae_a.encode(cast(self.vae_a, x)),
-                "mapping": lambda latent, *mask, **progress: self.mapping(cast(self.mapping, latent), *mask, **progress),
+                "mapping": lambda latent, *mask, **chunks: self.mapping(cast(self.mapping, latent), *mask, **chunks),
                 "vae_b": lambda z: self.vae_b.decode(cast(self.vae_b, z))}
 
     def _onnx_calls(self) -> dict[str, Callable]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -91,15 +92,17 @@ def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Networ
 def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000, sampler: str = "ddpm",
              seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
              eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
-             on_step: Callable[[], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
+             on_step: Callable[[], None] | None = None,
+             cuda_graphs: bool = True) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yields (indices, uint8 images N x H x W x C) batch by batch; image i is the same whatever else is drawn.
-    The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is left as it was."""
+    The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is left as it was. On CUDA
+    its forward is replayed from CUDA graphs (one per batch shape) unless `cuda_graphs` is False."""
     if batch_size < 1:
         raise ImgforgeError(f"--batch-size must be at least 1, not {batch_size}")
     chosen = make_sampler(sampler, model.schedule, steps, eta=eta, spacing=spacing)
     torch_device = runtime.select_device(device)
     dtype = runtime.select_dtype(precision, torch_device)
-    eps_fn = make_eps_function(model.unet, torch_device, dtype, backend)
+    eps_fn = make_eps_function(model.unet, torch_device, dtype, backend, cuda_graphs)
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
         generators = [torch.Generator().manual_seed(seed + i) for i in batch]
@@ -203,9 +206,9 @@ class _GridCanvas:
 
 
 def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype = torch.float32,
-                      backend: str = "torch"):
-    """(x, t) -> eps in float32 on `device`, through torch (fp32, or the U-Net cast to bf16/fp16) or ONNX
-    (one graph for any batch and size, cached)."""
+                      backend: str = "torch", cuda_graphs: bool = True):
+    """(x, t) -> eps in float32 on `device`, through torch (fp32, or the U-Net cast to bf16/fp16; on CUDA
+    replayed from CUDA graphs unless `cuda_graphs` is False) or ONNX (one graph for any batch and size, cached)."""
     runtime.check_backend(backend)
     if backend == "onnx":
         (export,) = describe_unet(unet).exports  # any batch and size; timesteps as float32, one per image
@@ -224,7 +227,54 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
         x = x.to(dtype).contiguous(memory_format=torch.channels_last)
         return net(x, torch.tensor(t, device=device)).float().contiguous()
 
+    if device.type == "cuda" and cuda_graphs:
+        return GraphedForward(net, device, dtype, eps_torch)
     return eps_torch
+
+
+class GraphedForward:
+    """The U-Net's forward on CUDA replayed from a CUDA graph, captured once per batch shape: the step loop of a
+    small model is bound by kernel launches, not arithmetic. Inputs are copied into static buffers (cast and
+    channels-last on the way), the timestep is filled into a static tensor, and the output is copied out
+    before the next replay overwrites it. The first call per shape warms up on a side stream (cuDNN and
+    cuBLAS pick their kernels outside the capture), then captures; if capture fails, that shape runs eagerly."""
+
+    def __init__(self, net: DDPMUNet, device: torch.device, dtype: torch.dtype, eager: Callable):
+        self.net, self.device, self.dtype, self.eager = net, device, dtype, eager
+        self.graphs: dict[tuple[int, ...], tuple | None] = {}
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        shape = tuple(x.shape)
+        if shape not in self.graphs:
+            self.graphs[shape] = self._capture(x)
+        captured = self.graphs[shape]
+        if captured is None:
+            return self.eager(x, t)
+        graph, x_static, t_static, out_static = captured
+        x_static.copy_(x)
+        t_static.fill_(t)
+        graph.replay()
+        # a copy: the next replay overwrites the static output, and multistep samplers keep earlier eps
+        return out_static.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+    def _capture(self, x: torch.Tensor) -> tuple | None:
+        try:
+            x_static = torch.empty(x.shape, dtype=self.dtype, device=self.device, memory_format=torch.channels_last)
+            x_static.copy_(x)
+            t_static = torch.zeros((), dtype=torch.long, device=self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.net(x_static, t_static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out_static = self.net(x_static, t_static)
+            return graph, x_static, t_static, out_static
+        except RuntimeError as exc:
+            warnings.warn(f"CUDA graph capture failed ({' '.join(str(exc).split())[:200]}); running eagerly")
+            return None
 
 
 def _folder_files(folder: Path) -> tuple[Path, Path, Path]:
