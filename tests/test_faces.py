@@ -187,3 +187,9 @@ def test_models_list_shows_the_dlib_model_is_not_for_commercial_use(capfd):
     assert main(["models", "list", "--task", "restore", "--json"]) == 0
     model = next(row for row in json.loads(capfd.readouterr().out) if row["name"] == "face-landmarks-dlib")
     assert "NOT FOR COMMERCIAL USE" in model["description"] and "iBUG 300-W" in model["license"]
+
+
+def test_hr_enhances_512_px_faces_with_the_512_checkpoint(weights_dir):
+    result = pipeline.restore_image(data.astronaut()[::2, ::2], faces_only=True, hr=True, device="cpu",
+                                    weights_dir=weights_dir)
+    assert len(result.faces) == 1 and result.faces[0].enhanced.shape == (512, 512, 3)
