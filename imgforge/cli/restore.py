@@ -67,6 +67,7 @@ def restore(
     quiet: options.Quiet = False,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
+    backend: options.Backend = "torch",
     offline: options.Offline = False,
     weights_dir: options.WeightsDir = None,
 ) -> None:
@@ -79,7 +80,8 @@ def restore(
     report = run_restore(
         inputs, output, scratches=scratches, mode=mode.lower(), hr=hr, mask=mask, mask_dilation=mask_dilation,
         save_mask=save_mask, stretch=stretch, faces=faces, faces_only=faces_only,
-        face_detector=face_detector.lower(), save_faces=save_faces, device=device, precision=precision, recursive=recursive,
+        face_detector=face_detector.lower(), save_faces=save_faces, device=device, precision=precision,
+        backend=backend.lower(), recursive=recursive,
         suffix=suffix, output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json,
         offline=offline, weights_dir=weights_dir,
     )

@@ -76,9 +76,8 @@ class FaceEnhancer:
         export = family.describe(generator, size=size).exports[0]
         # channels-last convolutions: ~25% faster on the CPU (6.4 -> 4.8 s per 256 px face, 2 threads)
         self.memory_format = torch.channels_last if backend == "torch" and device.type in ("cpu", "cuda") else None
-        self.generator = runtime.make_runner(
-            generator, backend=backend, device=device, dtype=dtype, example_inputs=export.example_inputs(size, size),
-            input_names=export.input_names, dynamic_axes=export.dynamic_axes, memory_format=self.memory_format)
+        self.generator = runtime.make_runner(generator, backend=backend, device=device, dtype=dtype, export=export,
+                                             memory_format=self.memory_format)
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceCrop]]:
         """(the photo with its faces enhanced, uint8 H x W x 3; the faces in detection order)."""

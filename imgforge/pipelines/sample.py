@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from .. import hub, manifest, runtime
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, ModelError, OutputError
 from ..nets import registry
-from ..nets.ddpm_unet import DDPMUNet
+from ..nets.ddpm_unet import DDPMUNet, describe_unet
 from ..progress import make_progress
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
@@ -38,6 +37,7 @@ class DiffusionModel:
     name: str
     unet: DDPMUNet
     schedule: NoiseSchedule
+    source: Path | None = None  # the weights file
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -79,7 +79,13 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
     _check_sample_size(unet_config.get("sample_size"), config_path)
     schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
     unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
-    return DiffusionModel(name, unet, schedule)
+    return DiffusionModel(name, unet, schedule, weights_path)
+
+
+def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Network]:
+    """The U-Net as a registry Network (role "unet"), for export and workers."""
+    loaded = load_model(model, **options)
+    return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source)]
 
 
 def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000, sampler: str = "ddpm",
@@ -93,7 +99,7 @@ def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000
     chosen = make_sampler(sampler, model.schedule, steps, eta=eta, spacing=spacing)
     torch_device = runtime.select_device(device)
     dtype = runtime.select_dtype(precision, torch_device)
-    eps_fn = make_eps_function(model.unet, torch_device, dtype, backend, model.image_shape)
+    eps_fn = make_eps_function(model.unet, torch_device, dtype, backend)
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
         generators = [torch.Generator().manual_seed(seed + i) for i in batch]
@@ -197,25 +203,18 @@ class _GridCanvas:
 
 
 def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype = torch.float32,
-                      backend: str = "torch", image_shape: tuple[int, int, int] = (3, 32, 32)):
+                      backend: str = "torch"):
     """(x, t) -> eps in float32 on `device`, through torch (fp32, or the U-Net cast to bf16/fp16) or ONNX
-    (exported for `image_shape`, any batch size)."""
+    (one graph for any batch and size, cached)."""
+    runtime.check_backend(backend)
     if backend == "onnx":
-        # the runner feeds every input as float32; the U-Net takes float timesteps as well
-        example = (torch.zeros((1, *image_shape)), torch.zeros(1))
-        with warnings.catch_warnings():  # the exporter's tracer warnings mean nothing to a user
-            warnings.simplefilter("ignore")
-            runner = runtime.make_runner(
-                unet, backend="onnx", device=device, dtype=dtype, example_inputs=example,
-                input_names=("sample", "timestep"), dynamic_axes={"sample": {0: "batch"}, "timestep": {0: "batch"}},
-            )
+        (export,) = describe_unet(unet).exports  # any batch and size; timesteps as float32, one per image
+        runner = runtime.make_runner(unet, backend=backend, device=device, dtype=dtype, export=export)
 
         def eps_onnx(x: torch.Tensor, t: int) -> torch.Tensor:
             return runner(x, torch.full((x.shape[0],), float(t))).to(device)
 
         return eps_onnx
-    if backend != "torch":
-        raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
     # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
     # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
     # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md). The caller's U-Net is not touched.
