@@ -1,8 +1,9 @@
 """Time and peak memory of the restoration chains (VAE encode -> mapping -> VAE decode) at full official size
-with random weights: imgforge's networks against the straightforward formulation of the official code (the
-whole positions x positions affinity matrix, plain Sequential forwards), each measurement in its own process.
+with random weights: imgforge's networks (torch, and the same networks through ONNX Runtime: the graphs
+`--backend onnx` runs) against the straightforward formulation of the official code (the whole positions x
+positions affinity matrix, plain Sequential forwards), each measurement in its own process.
 
-    python benchmarks/bench_restore.py --sizes 512 768 1024 --reference-sizes 512 768 [--chain scratch]
+    python benchmarks/bench_restore.py --sizes 512 768 1024 --reference-sizes 512 768 [--chain scratch] [--no-onnx]
 
 Sizes are N (N x N) or WxH. On a shared machine, --threads 1 keeps both sides from fighting other jobs
 for cores (time ratios stay meaningful; absolute times do not). The reference needs ~5 GB at 512² and ~22 GB at 768² (scratch chain); it runs
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -71,6 +73,24 @@ def reference_nonlocal(block, x, mask):
     return full_mask * x + (1 - full_mask) * w_y
 
 
+def onnx_chain(chain: str, nets: tuple):
+    """The chain as ONNX Runtime graphs (exported into $IMGFORGE_CACHE on first use, as --backend onnx does)."""
+    from imgforge import runtime
+    from imgforge.nets import registry
+
+    vae_a, vae_b, mapping = nets
+    cpu = torch.device("cpu")
+    encoder = runtime.onnx_runner(registry.get_family("oldphoto_vae").describe(vae_a).exports[0], cpu)
+    decoder = runtime.onnx_runner(registry.get_family("oldphoto_vae").describe(vae_b).exports[1], cpu)
+    mapper = runtime.onnx_runner(registry.get_family("oldphoto_mapping").describe(mapping).exports[0], cpu)
+
+    def run(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        latent = encoder(image)
+        return decoder(mapper(latent) if chain == "quality" else mapper(latent, mask))
+
+    return run
+
+
 def run_chain(chain: str, impl: str, nets: tuple, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     vae_a, vae_b, mapping = nets
     if impl == "imgforge":
@@ -92,10 +112,11 @@ def measure_one(chain: str, impl: str, size: str, save: str | None) -> None:
     image, mask = make_inputs(*parse_size(size))
     torch.manual_seed(1)  # the same random weights on both sides
     nets = (build_vae(), build_vae(), build_mapping(chain))
+    onnx_run = onnx_chain(chain, nets) if impl == "onnx" else None  # sessions (and graphs) before the clock
     before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # torch, weights and inputs
     with torch.inference_mode():
         start = time.perf_counter()
-        output = run_chain(chain, impl, nets, image, mask)
+        output = onnx_run(image, mask) if onnx_run else run_chain(chain, impl, nets, image, mask)
         seconds = time.perf_counter() - start
     if save:
         torch.save(output, save)
@@ -122,7 +143,8 @@ def main() -> None:
     parser.add_argument("--chain", choices=["scratch", "quality", "hr"], default="scratch")
     parser.add_argument("--threads", type=int, help="torch threads in each measurement (default: torch's)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["imgforge", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime column")
+    parser.add_argument("--impl", choices=["imgforge", "onnx", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -132,12 +154,22 @@ def main() -> None:
         return
     if args.chain == "hr" and args.reference_sizes:
         parser.error("the hr chain has no straightforward reference here; pass --reference-sizes with no value")
+    if args.chain == "hr" and not args.no_onnx:
+        parser.error("the hr mapping has no ONNX graph (docs/onnx.md); pass --no-onnx")
     print(f"chain {args.chain}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("IMGFORGE_CACHE", tmp)  # the graphs, exported once for every size
         for size in args.sizes:
             compare = size in args.reference_sizes
-            ours = spawn(args.chain, "imgforge", size, Path(tmp, "ours.pt") if compare else None, args.threads)
+            ours = spawn(args.chain, "imgforge", size, Path(tmp, "ours.pt"), args.threads)
             line = f"{size:>10}  imgforge {_fmt(ours)}"
+            if not args.no_onnx:
+                onnx = spawn(args.chain, "onnx", size, Path(tmp, "onnx.pt"), args.threads)
+                line += f" | onnx {_fmt(onnx)}"
+                if "error" not in ours and "error" not in onnx:
+                    diff = (torch.load(Path(tmp, "ours.pt")) - torch.load(Path(tmp, "onnx.pt"))).abs().max().item()
+                    line += (f" | onnx/torch time x{onnx['seconds'] / ours['seconds']:.2f}, memory"
+                             f" x{onnx['peak_gb'] / ours['peak_gb']:.2f}, max |diff| {diff:.2g}")
             if compare:
                 ref = spawn(args.chain, "reference", size, Path(tmp, "ref.pt"), args.threads)
                 line += f" | reference {_fmt(ref)}"

@@ -314,6 +314,9 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
                         weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet)
 
+    if backend == "onnx" and not quiet:
+        console.print(f"running on {restorer.provider}", markup=False, highlight=False)
+
     def load(job: Job) -> tuple[Picture, np.ndarray | None]:
         given = mask_array(imageio.read_image(find_mask(job.source))) if find_mask else None
         return imageio.read_image(job.source), given
