@@ -15,16 +15,19 @@ write, so a run that fails to start leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
+
+from rich.progress import Progress, TaskID
 
 from .errors import ImgforgeError, InputError, OutputError, RunWideError
 from .imageio import WRITE_FORMATS, max_pixels, partial_path
-from .progress import console, make_progress, printable
+from .progress import console, listening_within_item, make_progress, printable
 
 # what a folder listing picks up; a file named explicitly is always attempted
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
@@ -283,7 +286,8 @@ def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callabl
             group = pending[:]
             pending.clear()
             try:
-                results = compute([item for _, item in group])
+                with _bar_within(progress, task, len(report.records), len(group), label):
+                    results = compute([item for _, item in group])
                 if len(results) != len(group):
                     raise RuntimeError(f"compute returned {len(results)} results for {len(group)} inputs")
             except RunWideError:
@@ -336,6 +340,21 @@ def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callabl
                 f"{len(jobs) - len(report.records)} not run; outputs written so far are complete"
             ) from None
     return report
+
+
+@contextlib.contextmanager
+def _bar_within(progress: Progress, task: TaskID, finished: int, size: int, label: str) -> Iterator[None]:
+    """While a group computes, progress reported within it (progress.report_within_item) moves the bar
+    between `finished` and `finished + size`, and names the stage; afterwards the bar is back at `finished`
+    for the records to advance it."""
+    def within_group(fraction: float, stage: str) -> None:
+        progress.update(task, completed=finished + fraction * size, description=f"{label}: {stage}")
+
+    try:
+        with listening_within_item(within_group):
+            yield
+    finally:
+        progress.update(task, completed=finished, description=label)
 
 
 def _describe(exc: Exception) -> str:

@@ -18,6 +18,7 @@ computation runs as a sequence of stages over one in-memory `Work` item (docs/re
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -36,7 +37,7 @@ from ..errors import ImgforgeError, InputError, RunWideError
 from ..imageio import Picture
 from ..nets import registry
 from ..nets.mapping import mapping_kind
-from ..progress import console
+from ..progress import console, report_within_item
 from .faces import FaceCrop, FaceEnhancer
 
 MODELS = {"quality": "oldphoto-quality", "scratch": "oldphoto-scratch", "hr": "oldphoto-hr"}
@@ -49,16 +50,54 @@ MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
 MASK_OUTPUT = "_mask.png"  # --save-mask: <output stem>_mask.png beside each output
 # --save-faces: the aligned and the enhanced faces, side by side in detection order, beside each output
 FACE_OUTPUTS = ("_faces_aligned.png", "_faces_enhanced.png")
+# Nominal work (FLOP) of the official networks, which weighs each step in a photo's progress: per detector
+# input pixel, per image pixel of one VAE pass, per latent position of the mapping's convolutions (and of
+# those before its attention), per pair of latent positions of the scratch attention.
+DETECTOR_WORK = 2.2e6
+VAE_WORK = 9.7e4
+MAPPING_WORK = {"quality": 7.2e7, "scratch": 1.03e8, "hr": 1.5e8}
+BEFORE_ATTENTION_WORK = {"scratch": 7.8e6, "hr": 2.7e7}
+ATTENTION_WORK = 4 * 512
 
 
 @dataclass
 class Work:
     """What flows through the stages: the image (uint8 H x W x 3) at the current stage's size, the scratch mask
-    (bool H x W, True = scratch) at the same size, or None on the quality path."""
+    (bool H x W, True = scratch) at the same size, or None on the quality path, and how far the photo has got."""
 
     image: np.ndarray
     mask: np.ndarray | None = None
     faces: list[FaceCrop] = field(default_factory=list)
+    progress: PhotoProgress | None = None
+
+
+class PhotoProgress:
+    """How far one photo has got, for the batch's bar (progress.report_within_item): each step's share is
+    its nominal work at the photo's size, so that the ETA holds from the first step on; the mapping moves
+    with the attention's chunks, which are nearly all of the work on large photos."""
+
+    def __init__(self, settings: Settings, width: int, height: int):
+        latent = width * height / 16
+        detector = DETECTOR_WORK * DETECTION_SHORT_SIDE**2 * max(width, height) / min(width, height)
+        self.kind = settings.kind
+        attention = ATTENTION_WORK * latent**2 if self.kind == "scratch" else 0.0
+        self.steps = {"detecting scratches": detector if settings.scratches else 0.0,
+                      "encoding": VAE_WORK * width * height, "mapping": MAPPING_WORK[self.kind] * latent + attention,
+                      "decoding": VAE_WORK * width * height}
+        self.before_attention = BEFORE_ATTENTION_WORK.get(self.kind, 0.0) * latent
+        self.attention = attention if self.kind == "scratch" else self.steps["mapping"] - self.before_attention
+        self.done, self.current = 0.0, None
+
+    def begin(self, step: str) -> None:
+        if self.current is not None:
+            self.done += self.steps[self.current]
+        self.current = step
+        report_within_item(self.done / sum(self.steps.values()), step)
+
+    def chunk_done(self, done: int, total: int) -> None:
+        """`done` of `total` chunks of the mapping's attention (or scales of the HR model's) are done."""
+        within = self.before_attention + self.attention * done / total
+        report_within_item((self.done + within) / sum(self.steps.values()), f"{self.current} {done}/{total}")
 
 
 @dataclass
@@ -142,7 +181,9 @@ class Restorer:
             raise ImgforgeError(f"model '{self.entry.name}': a restore model has the files "
                                 f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
         self.networks = [self._load(role, path) for role, path in paths.items()]
-        nets = {network.role: network.module.to(self.device) for network in self.networks}
+        place = (functools.partial(runtime.place, device=self.device, dtype=self.dtype) if backend == "torch"
+                 else lambda module: module)  # ONNX Runtime runs the graphs; the modules stay for export
+        nets = {network.role: place(network.module) for network in self.networks}
         self.vae_a, self.mapping, self.vae_b = (nets[role] for role in ("vae_a", "mapping", "vae_b"))
         self.detector = nets.get("detector")
         kind = mapping_kind(self.mapping.state_dict())
@@ -166,8 +207,14 @@ class Restorer:
         return registry.Network(role, net, found, source=path, parts=parts)
 
     def _torch_calls(self) -> dict[str, Callable]:
-        return {"detector": lambda x: self.detector(x), "vae_a": lambda x: self.vae_a.encode(x),
-                "mapping": lambda *inputs: self.mapping(*inputs), "vae_b": lambda z: self.vae_b.decode(z)}
+        """Each network called on inputs cast to the precision it was placed in (runtime.place)."""
+        def cast(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return x.to(runtime.dtype_of(net))
+
+        return {"detector": lambda x: self.detector(cast(self.detector, x)),
+                "vae_a": lambda x: self.vae_a.encode(cast(self.vae_a, x)),
+                "mapping": lambda latent, *mask, **progress: self.mapping(cast(self.mapping, latent), *mask, **progress),
+                "vae_b": lambda z: self.vae_b.decode(cast(self.vae_b, z))}
 
     def _onnx_calls(self) -> dict[str, Callable]:
         """One ONNX Runtime graph per network part (exported on first use, cached by weights)."""
@@ -176,7 +223,7 @@ class Restorer:
             exports = network.exports()
             if not exports:
                 raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
-                                    f"{network.role} has no ONNX graph yet; use --backend torch")
+                                   f"{network.role} has no ONNX graph yet; use --backend torch")
             calls[network.role] = runtime.make_runner(network.module, backend="onnx", device=self.device,
                                                       dtype=self.dtype, export=exports[0])
         return calls
@@ -203,7 +250,9 @@ class Restorer:
         if given_mask is not None and given_mask.shape != (picture.height, picture.width):
             raise InputError(f"the mask is {given_mask.shape[1]}x{given_mask.shape[0]}, the image "
                              f"{picture.width}x{picture.height}; they must have the same size")
-        work = Work(np.asarray(picture.to_pil("RGB")))
+        size = _rounded_size(picture.width, picture.height, 16 if self.settings.scratches else 4,
+                             self.settings.mode == "scale")
+        work = Work(np.asarray(picture.to_pil("RGB")), progress=PhotoProgress(self.settings, *size))
         for stage in self.stages(given_mask):
             work = stage(work)
         return _finish(work, picture)
@@ -223,10 +272,11 @@ class Restorer:
         return replace(work, image=_pil_resize(work.image, size, Image.BICUBIC))
 
     def detect_scratches(self, work: Work) -> Work:
+        _begin(work, "detecting scratches")
         grey = np.array(Image.fromarray(work.image).convert("L"))
         x = _normalised(torch.from_numpy(grey)[None, None])
         height, width = grey.shape
-        with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
+        with torch.inference_mode():
             scaled = F.interpolate(x.to(self.device), _detection_size(height, width), mode="bilinear")
             probability = torch.sigmoid(self.run_network["detector"](scaled).float())
         probability = F.interpolate(probability, [height, width], mode="nearest")
@@ -244,13 +294,17 @@ class Restorer:
         if work.mask is not None:  # irregular_hole_synthesize: scratch pixels become white
             image = np.where(work.mask[:, :, None], np.uint8(255), image)
         x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]).to(self.device)
-        with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
+        with torch.inference_mode():
+            _begin(work, "encoding")
             latent = self.run_network["vae_a"](x)
+            _begin(work, "mapping")
             if work.mask is None:
                 mapped = self.run_network["mapping"](latent)
             else:
                 mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
-                mapped = self.run_network["mapping"](latent, mask)
+                chunks = {"on_chunk": work.progress.chunk_done} if work.progress and self.backend == "torch" else {}
+                mapped = self.run_network["mapping"](latent, mask, **chunks)
+            _begin(work, "decoding")
             generated = self.run_network["vae_b"](mapped).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
@@ -419,6 +473,11 @@ def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
         raise InputError(f"--mask {mask} is one file but there are {job_count} inputs; give a folder of masks "
                          "named like the inputs")
     return lambda source: mask
+
+
+def _begin(work: Work, step: str) -> None:
+    if work.progress is not None:
+        work.progress.begin(step)
 
 
 def _mask_stage(mask: np.ndarray) -> Callable[[Work], Work]:
