@@ -7,6 +7,7 @@ happens here (tests/test_restore_cli.py covers the downloads)."""
 from __future__ import annotations
 
 import functools
+import json
 import io
 import math
 from pathlib import Path
@@ -399,3 +400,14 @@ def test_progress_within_a_photo_follows_stages_and_attention_chunks(weights_dir
                       "mapping 4/4", "decoding"]
     fractions = [fraction for fraction, _ in reports]
     assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] < 1
+
+
+def test_export_of_a_restore_model_writes_its_four_graphs(weights_dir, tmp_path, monkeypatch):
+    from imgforge.export import export_model
+
+    report = export_model(tmp_path / "graphs", "oldphoto-scratch", weights_dir=weights_dir, quiet=True)
+    assert sorted(path.name for path in report.graphs) == ["detector.onnx", "mapping.onnx", "vae_a_encoder.onnx",
+                                                           "vae_b_decoder.onnx"]
+    assert all(max(diffs) <= 1e-4 for diffs in report.differences.values())
+    sidecar = json.loads((tmp_path / "graphs" / "mapping.json").read_text())
+    assert [i["name"] for i in sidecar["inputs"]] == ["latent", "mask"] and sidecar["hyperparameters"]["kind"] == "scratch"
