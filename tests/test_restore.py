@@ -236,17 +236,6 @@ def test_settings_refuse_scratch_options_without_scratches():
     assert pipeline.Settings(hr=True, mask_dilation=0).dilation == 0
 
 
-def test_official_layout_folder_accepts_global_or_its_checkpoints(tmp_path):
-    (tmp_path / "Global" / "checkpoints" / "restoration").mkdir(parents=True)
-    hub_file = pipeline.manifest.FileSource("vae_a", "restoration/VAE_A_quality/latest_net_G.pth",
-                                            "o/r", None, (), None, None, None)
-    zip_member = pipeline.manifest.FileSource("mapping", "checkpoints/restoration/x/y.pth", None, None,
-                                              (ZIP_URL,), "checkpoints/restoration/x/y.pth", None, None)
-    for folder in (tmp_path / "Global", tmp_path / "Global" / "checkpoints"):
-        assert pipeline._official_layout_folder(folder, hub_file) == tmp_path / "Global" / "checkpoints"
-        assert pipeline._official_layout_folder(folder, zip_member) == tmp_path / "Global"
-
-
 # -- the stages, with tiny networks -----------------------------------------------------------------------------
 
 
