@@ -182,7 +182,7 @@ class Restorer:
                                 f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
         self.networks = [self._load(role, path) for role, path in paths.items()]
         place = (functools.partial(runtime.place, device=self.device, dtype=self.dtype) if backend == "torch"
-                 else lambda module: module.to(self.device))  # ONNX Runtime runs the float32 graph
+                 else lambda module: module)  # ONNX Runtime runs the graphs; the modules stay for export
         nets = {network.role: place(network.module) for network in self.networks}
         self.vae_a, self.mapping, self.vae_b = (nets[role] for role in ("vae_a", "mapping", "vae_b"))
         self.detector = nets.get("detector")
@@ -223,7 +223,7 @@ class Restorer:
             exports = network.exports()
             if not exports:
                 raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
-                                    f"{network.role} has no ONNX graph yet; use --backend torch")
+                                   f"{network.role} has no ONNX graph yet; use --backend torch")
             calls[network.role] = runtime.make_runner(network.module, backend="onnx", device=self.device,
                                                       dtype=self.dtype, export=exports[0])
         return calls
@@ -367,6 +367,9 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     find_mask = _mask_finder(Path(mask), len(jobs)) if mask is not None else None
     restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
                         weights_dir=weights_dir, quiet=quiet)
+
+    if backend == "onnx" and not quiet:
+        console.print(f"running on {restorer.provider}", markup=False, highlight=False)
 
     def load(job: Job) -> tuple[Picture, np.ndarray | None]:
         given = mask_array(imageio.read_image(find_mask(job.source))) if find_mask else None

@@ -21,7 +21,7 @@ from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, ModelError, OutputError
 from ..nets import registry
 from ..nets.ddpm_unet import DDPMUNet, describe_unet
-from ..progress import make_progress
+from ..progress import console, make_progress
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
 DEFAULT_MODEL = "ddpm-cifar10-32"
@@ -55,6 +55,7 @@ class SampleReport:
     skipped: int = 0
     grid: Path | None = None
     images: np.ndarray | None = None
+    provider: str = ""  # where the U-Net ran: torch:<device> or onnxruntime:<execution provider>
 
 
 def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
@@ -91,7 +92,8 @@ def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Networ
 def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000, sampler: str = "ddpm",
              seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
              eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
-             on_step: Callable[[], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
+             on_step: Callable[[], None] | None = None,
+             on_ready: Callable[[str], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yields (indices, uint8 images N x H x W x C) batch by batch; image i is the same whatever else is drawn.
     The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is left as it was."""
     if batch_size < 1:
@@ -100,6 +102,8 @@ def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000
     torch_device = runtime.select_device(device)
     dtype = runtime.select_dtype(precision, torch_device)
     eps_fn = make_eps_function(model.unet, torch_device, dtype, backend)
+    if on_ready is not None:
+        on_ready(eps_fn.provider)
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
         generators = [torch.Generator().manual_seed(seed + i) for i in batch]
@@ -160,7 +164,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
             for batch, images in generate(
                 loaded, todo, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, device=device,
                 precision=precision, eta=eta, spacing=spacing, backend=backend,
-                on_step=lambda: progress.advance(task),
+                on_step=lambda: progress.advance(task), on_ready=lambda provider: _ready(report, provider, quiet),
             ):
                 done += 1
                 progress.update(task, description=f"sampling: batch {min(done + 1, batches)}/{batches}")
@@ -181,6 +185,12 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
         write_image(grid_path, canvas.pixels)
     report.images = keep
     return report
+
+
+def _ready(report: SampleReport, provider: str, quiet: bool) -> None:
+    report.provider = provider
+    if provider.startswith("onnxruntime") and not quiet:
+        console.print(f"running on {provider}", markup=False, highlight=False)
 
 
 class _GridCanvas:
@@ -214,6 +224,7 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
         def eps_onnx(x: torch.Tensor, t: int) -> torch.Tensor:
             return runner(x, torch.full((x.shape[0],), float(t))).to(device)
 
+        eps_onnx.provider = runner.provider
         return eps_onnx
     # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
     # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
@@ -224,6 +235,7 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
         x = x.to(dtype).contiguous(memory_format=torch.channels_last)
         return net(x, torch.tensor(t, device=device)).float().contiguous()
 
+    eps_torch.provider = f"torch:{device}"
     return eps_torch
 
 

@@ -254,7 +254,7 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
             source, target = split_aligned(source, direction, job.source)
         return _Item(picture, source, target, translator.prepare(source))
 
-    def save(job: Job, item: _Item, result: torch.Tensor) -> None:
+    def save(job: Job, item: _Item, result: torch.Tensor) -> dict:
         pixels = translator.finish(result, item.prepared)
         alpha = item.picture.alpha if not (aligned or compare) else None
         if compare:
@@ -262,7 +262,10 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
             shown = [_panel(panel, output_mode, pixels.shape[1], pixels.shape[0]) for panel in panels]
             pixels = np.concatenate([shown[0], pixels, *shown[1:]], axis=1)
         write_image(job.target, pixels, alpha=alpha, like=item.picture)
+        return {"provider": translator.provider}
 
+    if backend == "onnx" and not quiet:
+        console.print(f"running on {translator.provider}", markup=False, highlight=False)
     return run_batch(jobs, load=load, compute=lambda items: translator.run([item.prepared.tensor for item in items]),
                      save=save, batch_size=batch_size, group_key=lambda item: tuple(item.prepared.tensor.shape),
                      skip_existing=skip_existing, quiet=quiet, label="translating", json_lines=json)
