@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Sequence
 
 import cv2
@@ -162,7 +162,7 @@ class Restorer:
 
     def __init__(self, settings: Settings, *, model: str | None = None, device: str = "auto",
                  precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                 weights_dir: Path | None = None, quiet: bool = False):
+                 weights_dir: hub.WeightsDirs = None, quiet: bool = False):
         runtime.check_backend(backend)
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
@@ -182,7 +182,7 @@ class Restorer:
                                 f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
         self.networks = [self._load(role, path) for role, path in paths.items()]
         place = (functools.partial(runtime.place, device=self.device, dtype=self.dtype) if backend == "torch"
-                 else lambda module: module.to(self.device))  # ONNX Runtime runs the float32 graph
+                 else lambda module: module)  # ONNX Runtime runs the graphs; the modules stay for export
         nets = {network.role: place(network.module) for network in self.networks}
         self.vae_a, self.mapping, self.vae_b = (nets[role] for role in ("vae_a", "mapping", "vae_b"))
         self.detector = nets.get("detector")
@@ -223,7 +223,7 @@ class Restorer:
             exports = network.exports()
             if not exports:
                 raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
-                                    f"{network.role} has no ONNX graph yet; use --backend torch")
+                                   f"{network.role} has no ONNX graph yet; use --backend torch")
             calls[network.role] = runtime.make_runner(network.module, backend="onnx", device=self.device,
                                                       dtype=self.dtype, export=exports[0])
         return calls
@@ -329,7 +329,7 @@ def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = T
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
                   stretch: bool = True, faces: bool = True, faces_only: bool = False, face_detector: str = "yunet",
                   device: str = "auto", precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                  weights_dir: Path | None = None, quiet: bool = True) -> RestoreResult:
+                  weights_dir: hub.WeightsDirs = None, quiet: bool = True) -> RestoreResult:
     """Restore one image in memory: a Picture or an array (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]).
     `mask`: a Picture or array of the image's size, scratches white/True. `faces`: enhance the faces after the
     global stage (`faces_only`: instead of it). Loads the networks on each call; restore() loads them once
@@ -349,7 +349,7 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
             backend: str = "torch",
             precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
-            weights_dir: str | os.PathLike | None = None) -> BatchReport:
+            weights_dir: hub.WeightsDirs = None) -> BatchReport:
     """Restore image files (files, folders, globs) into `output` (a file for one input, else a folder; default:
     beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a folder of masks
     named like the inputs. With save_mask, the scratch mask is written beside each output as <name>_mask.png;
@@ -366,7 +366,10 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
                      side_suffixes=[MASK_OUTPUT] * save_mask + [*FACE_OUTPUTS] * save_faces, also_read=given_masks)
     find_mask = _mask_finder(Path(mask), len(jobs)) if mask is not None else None
     restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
-                        weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet)
+                        weights_dir=weights_dir, quiet=quiet)
+
+    if backend == "onnx" and not quiet:
+        console.print(f"running on {restorer.provider}", markup=False, highlight=False)
 
     def load(job: Job) -> tuple[Picture, np.ndarray | None]:
         given = mask_array(imageio.read_image(find_mask(job.source))) if find_mask else None
@@ -418,33 +421,18 @@ def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: Path | None, quiet: bool) -> dict[str, Path]:
-    folder = weights_dir or os.environ.get("IMGFORGE_WEIGHTS_DIR")
+def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: hub.WeightsDirs,
+           quiet: bool) -> dict[str, Path]:
     if not quiet:
         console.print(f"loading {entry.name}", markup=False, highlight=False)
-    paths = {}
-    for role, source in entry.files.items():
-        lookup = _official_layout_folder(Path(folder).expanduser(), source) if folder else None
-        paths[role] = hub.fetch_file(entry, role, offline=offline, weights_dir=lookup, quiet=quiet)
-    return paths
+    return hub.fetch_model(entry, offline=offline, weights_dir=weights_dir, quiet=quiet)
 
 
 def _face_enhancer(settings: Settings, device: torch.device, dtype: torch.dtype, backend: str, offline: bool | None,
-                   weights_dir: Path | None, quiet: bool) -> FaceEnhancer:
+                   weights_dir: hub.WeightsDirs, quiet: bool) -> FaceEnhancer:
     """The face stage: 512 px faces (FaceSR_512, the _HR scripts) with --hr, else 256 px."""
     return FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, device=device,
                         dtype=dtype, backend=backend, offline=offline, weights_dir=weights_dir, quiet=quiet)
-
-
-def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
-    """Users point --weights-dir at the official Global/checkpoints folder or at Global/ above it. Hub paths
-    start at detection/ or restoration/ (inside checkpoints/), members of global_checkpoints.zip at
-    checkpoints/ (one level up): look each file up from the folder that holds its path's first component."""
-    first = PurePosixPath(source.path).parts[0]
-    for candidate in (folder, folder / "checkpoints", folder.parent):
-        if (candidate / first).is_dir():
-            return candidate
-    return folder
 
 
 def _mask_files(mask: Path) -> list[Path]:

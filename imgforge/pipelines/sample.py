@@ -22,7 +22,7 @@ from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, ModelError, OutputError
 from ..nets import registry
 from ..nets.ddpm_unet import DDPMUNet, describe_unet
-from ..progress import make_progress
+from ..progress import console, make_progress
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
 DEFAULT_MODEL = "ddpm-cifar10-32"
@@ -56,9 +56,10 @@ class SampleReport:
     skipped: int = 0
     grid: Path | None = None
     images: np.ndarray | None = None
+    provider: str = ""  # where the U-Net ran: torch:<device> or onnxruntime:<execution provider>
 
 
-def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weights_dir: Path | None = None,
+def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
                quiet: bool = False) -> DiffusionModel:
     """A manifest model name (downloaded on first use) or a local diffusers-format folder: config.json +
     scheduler_config.json + diffusion_pytorch_model.{safetensors,bin}, or a pipeline folder with unet/ and
@@ -93,6 +94,7 @@ def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000
              seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
              eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
              on_step: Callable[[], None] | None = None,
+             on_ready: Callable[[str], None] | None = None,
              cuda_graphs: bool = True) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yields (indices, uint8 images N x H x W x C) batch by batch; image i is the same whatever else is drawn.
     The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is left as it was. On CUDA
@@ -103,6 +105,8 @@ def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000
     torch_device = runtime.select_device(device)
     dtype = runtime.select_dtype(precision, torch_device)
     eps_fn = make_eps_function(model.unet, torch_device, dtype, backend, cuda_graphs)
+    if on_ready is not None:
+        on_ready(eps_fn.provider)
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
         generators = [torch.Generator().manual_seed(seed + i) for i in batch]
@@ -121,7 +125,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
            seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
            eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
            output: str | Path | None = None, grid: str | Path | None = None, skip_existing: bool = False,
-           quiet: bool = False, offline: bool | None = None, weights_dir: Path | None = None) -> SampleReport:
+           quiet: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None) -> SampleReport:
     """Draw `num` images. With `output`, each is written as output/sample_00000.png ... as soon as its batch
     is done (nothing accumulates in memory; an interrupted run leaves only complete files, and skip_existing
     resumes it); `grid` writes one tiled picture of all of them. Without either, the images are returned."""
@@ -163,7 +167,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
             for batch, images in generate(
                 loaded, todo, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, device=device,
                 precision=precision, eta=eta, spacing=spacing, backend=backend,
-                on_step=lambda: progress.advance(task),
+                on_step=lambda: progress.advance(task), on_ready=lambda provider: _ready(report, provider, quiet),
             ):
                 done += 1
                 progress.update(task, description=f"sampling: batch {min(done + 1, batches)}/{batches}")
@@ -184,6 +188,12 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
         write_image(grid_path, canvas.pixels)
     report.images = keep
     return report
+
+
+def _ready(report: SampleReport, provider: str, quiet: bool) -> None:
+    report.provider = provider
+    if provider.startswith("onnxruntime") and not quiet:
+        console.print(f"running on {provider}", markup=False, highlight=False)
 
 
 class _GridCanvas:
@@ -217,6 +227,7 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
         def eps_onnx(x: torch.Tensor, t: int) -> torch.Tensor:
             return runner(x, torch.full((x.shape[0],), float(t))).to(device)
 
+        eps_onnx.provider = runner.provider
         return eps_onnx
     # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
     # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
@@ -227,6 +238,7 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
         x = x.to(dtype).contiguous(memory_format=torch.channels_last)
         return net(x, torch.tensor(t, device=device)).float().contiguous()
 
+    eps_torch.provider = f"torch:{device}"
     if device.type == "cuda" and cuda_graphs:
         return GraphedForward(net, device, dtype, eps_torch)
     return eps_torch
@@ -242,6 +254,7 @@ class GraphedForward:
     def __init__(self, net: DDPMUNet, device: torch.device, dtype: torch.dtype, eager: Callable):
         self.net, self.device, self.dtype, self.eager = net, device, dtype, eager
         self.graphs: dict[tuple[int, ...], tuple | None] = {}
+        self.provider = f"torch:{device}, CUDA graphs"
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         shape = tuple(x.shape)
