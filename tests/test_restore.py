@@ -343,6 +343,7 @@ def test_onnx_backend_restores_like_torch(weights_dir, tmp_path, monkeypatch, sc
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == (4 if scratches else 3)
 
 
+@pytest.mark.parametrize("hr", [False, True])
 def test_bf16_keeps_the_fp32_mask_and_stays_near_the_fp32_output(weights_dir, hr):
     photo = scratched_photo(96, 128)
     results = {precision: pipeline.restore_image(photo, hr=hr, device="cpu", precision=precision,
