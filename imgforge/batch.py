@@ -1,5 +1,5 @@
-"""From inputs (files, folders, glob patterns) to jobs with output paths, and the loop that runs them: one
-failing file is reported on one line and the batch goes on; outputs that exist can be skipped to resume.
+"""From inputs (files, folders, glob patterns; local or s3:// URLs) to jobs with output paths, which
+imgforge.engine runs.
 
 Naming rule (docs/usage.md): one input and `-o` with an image extension -> that file; otherwise `-o` is a
 folder and each output keeps the input's path relative to the folder it was found in (or its file name), with
@@ -11,16 +11,14 @@ output: both are InputErrors raised before anything runs.
 from __future__ import annotations
 
 import glob
-import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Sequence, TypeVar
+from typing import Sequence
 
-from .errors import ImgforgeError, InputError, OutputError
-from .imageio import WRITE_FORMATS, partial_path
-from .progress import console, make_progress
+from .errors import InputError, OutputError
+from .imageio import WRITE_FORMATS
+from .storage import location
 
 # what a folder listing picks up; a file named explicitly is always attempted
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
@@ -28,22 +26,17 @@ _GLOB_CHARACTERS = frozenset("*?[")
 # inputs in a format imgforge reads but does not write (e.g. GIF) get this extension
 _FALLBACK_EXTENSION = ".png"
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 @dataclass(frozen=True)
 class Job:
-    source: Path
-    target: Path
+    """One unit of work for imgforge.engine: where its input is (None for sample), where its output goes
+    (a Path, or a storage.ObjectPath for s3://; None when kept in memory), its seed, and task-specific
+    options (JSON-able, e.g. restore's mask file)."""
 
-
-@dataclass
-class BatchReport:
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
+    source: Path | None
+    target: Path | None
+    seed: int | None = None
+    options: dict = field(default_factory=dict, compare=False)
 
 
 def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = False, suffix: str = "",
@@ -64,9 +57,9 @@ def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = Fa
     if output is not None and _names_a_file(output):
         if len(named) > 1:
             raise InputError(f"-o {output} names one file but there are {len(named)} inputs; give a folder")
-        jobs = [Job(source=source, target=Path(output)) for source, _ in named.values()]
+        jobs = [Job(source=source, target=location(output)) for source, _ in named.values()]
     else:
-        folder = Path(output) if output is not None else None
+        folder = location(output) if output is not None else None
         jobs = [Job(source=source, target=_target(source, name, folder, suffix or ("" if folder else default_suffix),
                                                   extension))
                 for source, name in named.values()]
@@ -81,7 +74,7 @@ def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = Fa
             raise InputError(f"inputs {owners[resolved]} and {job.source} would both be written to {job.target}")
         owners[resolved] = job.source
     if output is not None and not _names_a_file(output):
-        _make_folder(Path(output))
+        _make_folder(location(output))
     return jobs
 
 
@@ -98,7 +91,7 @@ def _normalise_extension(extension: str | None) -> str | None:
 def _expand(spec: str, recursive: bool) -> list[tuple[Path, Path]]:
     if not spec:
         raise InputError("an input path is empty")
-    path = Path(spec)
+    path = location(spec)
     if path.is_file():
         return [(path, Path(path.name))]
     if path.is_dir():
@@ -137,7 +130,7 @@ def _list_folder(folder: Path, recursive: bool) -> list[Path]:
 
 
 def _names_a_file(output: str) -> bool:
-    path = Path(output)
+    path = location(output)
     return path.suffix.lower() in WRITE_FORMATS and not path.is_dir()
 
 
@@ -154,100 +147,3 @@ def _target(source: Path, name: Path, folder: Path | None, suffix: str, extensio
     if folder is None:
         return source.parent / file_name
     return folder / name.parent / file_name
-
-
-def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callable[[list[T]], list[R]],
-              save: Callable[[Job, T, R], dict | None], batch_size: int = 1,
-              group_key: Callable[[T], Hashable] | None = None, skip_existing: bool = False, quiet: bool = False,
-              label: str = "images", json_lines: bool = False) -> BatchReport:
-    """Load each job, run `compute` on runs of consecutive loaded items that share `group_key` (at most
-    `batch_size` of them), then `save` each result; `save` may return a dict of extra fields for the job's
-    record. A failure in load/save fails that file, one in compute fails its group; each is printed as
-    `failed: <path>: <reason>` on stderr as it happens. Records (and, with json_lines, one JSON object per
-    job on stdout) come in the order jobs finish: input order, except that a failed load can overtake the
-    group still being filled.
-    Ctrl-C stops after a summary line and re-raises KeyboardInterrupt."""
-    report = BatchReport()
-    pending: list[tuple[Job, Any]] = []
-    pending_key: Hashable = None
-    with make_progress(quiet=quiet) as progress:
-        task = progress.add_task(label, total=len(jobs))
-
-        def record(job: Job, status: str, error: str | None = None, extra: dict | None = None) -> None:
-            entry: dict[str, Any] = {"input": str(job.source), "output": str(job.target), "status": status}
-            if error is not None:
-                entry["error"] = error
-                report.failed.append((job.source, error))
-                reason = error.removeprefix(f"cannot read {job.source}: ")  # read_image names the file too
-                console.print(f"failed: {job.source}: {reason}", markup=False, highlight=False, soft_wrap=True)
-            elif status == "done":
-                report.done += 1
-            else:
-                report.skipped += 1
-            entry.update(extra or {})
-            report.records.append(entry)
-            if json_lines:
-                sys.stdout.write(json.dumps(entry, default=str) + "\n")
-                sys.stdout.flush()
-            progress.advance(task)
-
-        def flush() -> None:
-            group = pending[:]
-            pending.clear()
-            try:
-                results = compute([item for _, item in group])
-                if len(results) != len(group):
-                    raise RuntimeError(f"compute returned {len(results)} results for {len(group)} inputs")
-            except Exception as exc:
-                error = _describe(exc)
-                for job, _ in group:
-                    record(job, "failed", error)
-                return
-            for (job, item), result in zip(group, results):
-                try:
-                    extra = save(job, item, result)
-                except Exception as exc:
-                    record(job, "failed", _describe(exc))
-                else:
-                    record(job, "done", extra=extra)
-
-        try:
-            for job in jobs:
-                if skip_existing and job.target.exists():
-                    partial_path(job.target).unlink(missing_ok=True)  # a temp file from a killed overwrite
-                    record(job, "skipped")
-                    continue
-                try:
-                    item = load(job)
-                except Exception as exc:
-                    record(job, "failed", _describe(exc))
-                    continue
-                key = group_key(item) if group_key is not None else None
-                if pending and pending_key != key:
-                    flush()
-                pending.append((job, item))
-                pending_key = key
-                if len(pending) >= batch_size:
-                    flush()
-            if pending:
-                flush()
-        except KeyboardInterrupt:
-            progress.stop()
-            console.print(f"interrupted: {report.done} done, {report.skipped} skipped, {len(report.failed)} failed, "
-                          f"{len(jobs) - len(report.records)} not run; outputs written so far are complete",
-                          markup=False, highlight=False, soft_wrap=True)
-            raise
-    return report
-
-
-def _describe(exc: Exception) -> str:
-    """One line for the report. Errors the user can cause carry their message; anything else is a bug,
-    re-raised with IMGFORGE_DEBUG=1 so that its traceback can be seen."""
-    message = " ".join(str(exc).split())
-    if isinstance(exc, ImgforgeError):
-        return message or type(exc).__name__
-    if os.environ.get("IMGFORGE_DEBUG") == "1":
-        raise exc
-    if isinstance(exc, MemoryError):
-        return "out of memory; try a smaller --batch-size or image"
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

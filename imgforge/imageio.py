@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from .errors import InputError, OutputError
+from .storage import ObjectPath, location
 
 # Pillow's own error threshold (2 x MAX_IMAGE_PIXELS); IMGFORGE_MAX_PIXELS overrides it.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -94,10 +95,10 @@ def read_image(path: str | os.PathLike) -> Picture:
     """Decode any image Pillow reads (first frame). InputError, one line, naming the file, for anything else."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the pixels still decode, or we raise
-        return _read(Path(path))
+        return _read(location(path))
 
 
-def _read(path: Path) -> Picture:
+def _read(path: Path | ObjectPath) -> Picture:
     data = _read_bytes(path)
     if not data:
         raise InputError(f"cannot read {path}: empty file")
@@ -126,7 +127,7 @@ def _read(path: Path) -> Picture:
         raise InputError(f"cannot read {path}: {_reason(exc)}") from None
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path | ObjectPath) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -139,7 +140,7 @@ def _read_bytes(path: Path) -> bytes:
         raise InputError(f"cannot read {path}: {exc.strerror or _reason(exc)}") from None
 
 
-def _decode(image: Image.Image, data: bytes, path: Path) -> Picture:
+def _decode(image: Image.Image, data: bytes, path: Path | ObjectPath) -> Picture:
     icc = image.info.get("icc_profile") or None
     exif = image.info.get("exif") or (_tiff_exif(image) if image.format == "TIFF" else None)
     layout = _sixteen_bit_layout(image, data)
@@ -300,8 +301,9 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, *, alpha: np.ndarra
                 like: Picture | None = None, quality: int = 95) -> None:
     """Write pixels (H x W, H x W x 1 or H x W x 3; uint8, uint16 or float32 in [0, 1]) in the format the
     extension names. `like` gives the ICC profile, EXIF (orientation 1) and 16-bit depth to keep. Alpha is
-    dropped for JPEG and BMP. The file appears complete or not at all (temp file + os.replace)."""
-    path = Path(path)
+    dropped for JPEG and BMP. The file appears complete or not at all (temp file + os.replace; one PUT for an
+    s3:// URL)."""
+    path = location(path)
     image_format = WRITE_FORMATS.get(path.suffix.lower())
     if image_format is None:
         known = ", ".join(sorted(WRITE_FORMATS))
@@ -383,7 +385,15 @@ def _opencv_quiet():
         cv2.utils.logging.setLogLevel(level)
 
 
-def _write_atomically(path: Path, encode) -> None:
+def _write_atomically(path: Path | ObjectPath, encode) -> None:
+    if isinstance(path, ObjectPath):
+        buffer = io.BytesIO()
+        try:
+            encode(buffer)
+            path.write_bytes(buffer.getvalue())
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+        return
     temp = partial_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

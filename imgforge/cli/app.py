@@ -7,6 +7,7 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .. import __version__
 from ..errors import ImgforgeError
@@ -38,7 +39,7 @@ def _root(
 
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and leave with `code`."""
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImgforgeError as exc:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {_one_line(exc)}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_one_line(exc))}", soft_wrap=True)
         return exc.exit_code
     except MemoryError:
         if debug:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         console.print(
-            f"[red]error:[/red] internal error: {type(exc).__name__}: {_one_line(exc)} "
+            f"[red]error:[/red] internal error: {type(exc).__name__}: {escape(_one_line(exc))} "
             "(set IMGFORGE_DEBUG=1 for the traceback)",
             soft_wrap=True,
         )

@@ -40,6 +40,9 @@ def restore(
     stretch: Annotated[
         bool, typer.Option("--stretch/--no-stretch", help="The official min-max contrast stretch of the output.")
     ] = True,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Images handed to a worker at a time (restored one by one).")
+    ] = 1,
     recursive: options.Recursive = False,
     suffix: options.Suffix = "",
     output_format: options.OutputFormat = None,
@@ -50,6 +53,10 @@ def restore(
     precision: options.Precision = "fp32",
     offline: options.Offline = False,
     weights_dir: options.WeightsDir = None,
+    engine: options.Engine = None,
+    ray_address: options.RayAddress = None,
+    workers: options.Workers = 1,
+    gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
     """Restore old photos: repair scratches, then reduce noise, blur and fading (Bringing Old Photos Back to
     Life, global stage). Outputs keep the input's size, metadata and alpha; default name <name>_restored."""
@@ -59,6 +66,7 @@ def restore(
         inputs, output, scratches=scratches, mode=mode.lower(), hr=hr, mask=mask, mask_dilation=mask_dilation,
         save_mask=save_mask, stretch=stretch, device=device, precision=precision, recursive=recursive,
         suffix=suffix, output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json,
-        offline=offline, weights_dir=weights_dir,
+        offline=offline, weights_dir=weights_dir, batch_size=batch_size,
+        engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),
     )
     options.finish_batch(report, json=json, quiet=quiet)

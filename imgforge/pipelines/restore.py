@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import hub, imageio, manifest, runtime
-from ..batch import IMAGE_EXTENSIONS, BatchReport, Job, plan_jobs, run_batch
+from ..batch import IMAGE_EXTENSIONS, Job, plan_jobs
+from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, InputError
 from ..imageio import Picture
@@ -38,6 +39,7 @@ from ..nets.mapping import build_mapping
 from ..nets.scratch_unet import build_scratch_detector
 from ..nets.vae import build_vae
 from ..progress import console
+from ..storage import location
 
 MODELS = {"quality": "oldphoto-quality", "scratch": "oldphoto-scratch", "hr": "oldphoto-hr"}
 MODES = ("full", "scale")
@@ -199,39 +201,77 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
             mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, device: str = "auto",
             precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
-            weights_dir: str | os.PathLike | None = None) -> BatchReport:
-    """Restore image files (files, folders, globs) into `output` (a file for one input, else a folder; default:
-    beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a folder of masks
-    named like the inputs. With save_mask, the scratch mask is written beside each output as <name>_mask.png."""
+            weights_dir: str | os.PathLike | None = None, batch_size: int = 1,
+            engine: EngineOptions | str | None = None) -> BatchReport:
+    """Restore image files (files, folders, globs; local or s3://) into `output` (a file for one input, else a
+    folder; default: beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a
+    folder of masks named like the inputs. With save_mask, the scratch mask is written beside each output as
+    <name>_mask.png. `engine`: local (default) or ray, see imgforge.engine; batch_size: images handed to a
+    worker at a time (they are restored one by one)."""
     settings = Settings(scratches, mode, hr, mask_dilation, stretch)
     settings.check(has_mask=mask is not None, save_mask=save_mask)
+    if batch_size < 1:
+        raise ImgforgeError("--batch-size must be at least 1")
+    engine = engine_options(engine)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
                      extension=output_format, default_suffix="_restored")
-    find_mask = _mask_finder(Path(mask), len(jobs)) if mask is not None else None
-    restorer = Restorer(settings, device=device, precision=precision, offline=offline,
-                        weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet)
+    if mask is not None:
+        find_mask = _mask_finder(location(mask), len(jobs))
+        jobs = [replace(job, options=_mask_option(find_mask, job.source)) for job in jobs]
+    task = RestoreTask(settings, device=device, precision=precision, offline=offline,
+                       weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet,
+                       save_mask=save_mask, batch_size=batch_size)
+    return execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json)
 
-    def load(job: Job) -> tuple[Picture, np.ndarray | None]:
-        given = mask_array(imageio.read_image(find_mask(job.source))) if find_mask else None
-        return imageio.read_image(job.source), given
 
-    def compute(items: list[tuple[Picture, np.ndarray | None]]) -> list[RestoreResult]:
-        return [restorer.run(picture, given) for picture, given in items]
+@dataclass(frozen=True)
+class RestoreTask:
+    """restore's options for imgforge.engine; setup() loads the networks, once per worker."""
 
-    def save(job: Job, item: tuple[Picture, np.ndarray | None], result: RestoreResult) -> dict:
-        record = {"model": restorer.entry.name, "mode": mode}
+    settings: Settings
+    device: str
+    precision: str
+    offline: bool | None
+    weights_dir: Path | None
+    quiet: bool
+    save_mask: bool
+    batch_size: int = 1
+    label: str = "restoring"
+
+    def setup(self) -> RestoreWorker:
+        return RestoreWorker(self, Restorer(self.settings, device=self.device, precision=self.precision,
+                                            offline=self.offline, weights_dir=self.weights_dir, quiet=self.quiet))
+
+
+class RestoreWorker:
+    """A loaded Restorer and the per-file steps around it."""
+
+    def __init__(self, task: RestoreTask, restorer: Restorer):
+        self.task, self.restorer = task, restorer
+
+    def load(self, job: Job) -> tuple[Picture, np.ndarray | None]:
+        if "mask_error" in job.options:
+            raise InputError(job.options["mask_error"])
+        given = job.options.get("mask")
+        return imageio.read_image(job.source), mask_array(imageio.read_image(given)) if given else None
+
+    def group_key(self, item) -> None:
+        return None
+
+    def compute(self, items: list[tuple[Picture, np.ndarray | None]]) -> list[RestoreResult]:
+        return [self.restorer.run(picture, given) for picture, given in items]
+
+    def save(self, job: Job, item: tuple[Picture, np.ndarray | None], result: RestoreResult) -> dict:
+        record = {"model": self.restorer.entry.name, "mode": self.task.settings.mode}
         if result.mask is not None:
             record["scratch_fraction"] = round(float(result.mask.mean()), 6)
-        if save_mask and result.mask is not None:  # before the output: an existing output implies its mask
+        if self.task.save_mask and result.mask is not None:  # before the output: an existing output implies its mask
             mask_path = job.target.with_name(job.target.stem + MASK_SUFFIX + ".png")
             imageio.write_image(mask_path, result.mask.astype(np.uint8) * 255)
             record["mask"] = str(mask_path)
         imageio.write_image(job.target, result.pixels, alpha=result.alpha, like=item[0])
         return record
-
-    return run_batch(jobs, load=load, compute=compute, save=save, skip_existing=skip_existing, quiet=quiet,
-                     label="restoring", json_lines=json)
 
 
 def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
@@ -279,6 +319,7 @@ def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
 
 
 def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
+    """Which mask file goes with an input, decided at plan time (a job carries its mask's path)."""
     if mask.is_dir():
         def in_folder(source: Path) -> Path:
             for extension in sorted(IMAGE_EXTENSIONS):
@@ -294,6 +335,14 @@ def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
         raise InputError(f"--mask {mask} is one file but there are {job_count} inputs; give a folder of masks "
                          "named like the inputs")
     return lambda source: mask
+
+
+def _mask_option(find_mask: Callable[[Path], Path], source: Path) -> dict:
+    """A job's mask, or why it has none (that file fails, the others go on)."""
+    try:
+        return {"mask": str(find_mask(source))}
+    except InputError as exc:
+        return {"mask_error": str(exc)}
 
 
 def _mask_stage(mask: np.ndarray) -> Callable[[Work], Work]:
