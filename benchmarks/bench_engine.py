@@ -7,7 +7,8 @@ Two workloads (weights random, perturbed, saved as an official latest_net_G.pth)
 The per-image overhead is the slope of wall time against the number of images on the tiny workload (two
 folder sizes), Ray minus local; the fixed cost (actor start, networks loaded once per actor, dataset plan) is
 the intercept. Ray is started once (its start-up is reported apart), as `ray.init` in a long-lived driver or a
-cluster would be. Rounds are interleaved; medians are reported. On a machine of C cores, the local engine
+cluster would be. Rounds are interleaved; the best of the rounds is reported (the least disturbed by other
+work on the machine). On a machine of C cores, the local engine
 already uses them all through torch's threads; each Ray actor gets one CPU (and one thread) by default.
 
     python benchmarks/bench_engine.py [--images 24] [--rounds 2] [--cpus 2]
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -88,17 +88,17 @@ def main() -> None:
                 for name, engine in ENGINES.items():
                     runs += 1
                     times[name].append(timed(folder, root / f"out{runs}", weights, engine))
-            return {name: statistics.median(values) for name, values in times.items()}
+            return {name: min(values) for name, values in times.items()}
 
         published_times = measure(folders[args.images], published)
-        print(f"\npublished unet_256 ngf 64, {args.images} images 256x256, batch 4 (median of {args.rounds}):")
+        print(f"\npublished unet_256 ngf 64, {args.images} images 256x256, batch 4 (best of {args.rounds}):")
         for name, seconds in published_times.items():
             ratio = published_times["local"] / seconds
             print(f"  {name:7s} {args.images / seconds:6.2f} images/s  ({seconds:.1f} s, {ratio:.2f}x local)")
 
         small, large = folders[16], folders[64]
         tiny_small, tiny_large = measure(small, tiny), measure(large, tiny)
-        print(f"\ntiny unet_256 ngf 4 (engine cost): wall time for 16 and 64 images (median of {args.rounds}):")
+        print(f"\ntiny unet_256 ngf 4 (engine cost): wall time for 16 and 64 images (best of {args.rounds}):")
         slopes = {}
         for name in ENGINES:
             slopes[name] = (tiny_large[name] - tiny_small[name]) / 48

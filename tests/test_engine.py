@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from engine_tasks import InvertTask
@@ -43,16 +44,21 @@ def photos(tmp_path) -> Path:
     return folder
 
 
-def translate_args(photos: Path, checkpoint: Path, output: Path | str) -> list[str]:
-    return ["translate", str(photos), "-o", str(output), "--checkpoint", str(checkpoint), "--seed", "3",
-            "--json", "-q"]
+def checkpoint(path: Path) -> Path:
+    """A tiny unet_128 with dropout (so that seeds matter), run at 128x128."""
+    return write_checkpoint(path, netG="unet_128")
+
+
+def translate_args(photos: Path | str, weights: Path, output: Path | str) -> list[str]:
+    return ["translate", str(photos), "-o", str(output), "--checkpoint", str(weights), "--size", "128",
+            "--seed", "3", "--json", "-q"]
 
 
 def test_ray_translate_writes_the_local_bytes_and_reports_failures_alike(ray_address, photos, tmp_path, capsys):
-    checkpoint = write_checkpoint(tmp_path / "latest_net_G.pth")  # unet_256 with dropout: seeds matter
-    assert main(translate_args(photos, checkpoint, tmp_path / "local")) == 3
+    weights = checkpoint(tmp_path / "latest_net_G.pth")
+    assert main(translate_args(photos, weights, tmp_path / "local")) == 3
     local = records(capsys)
-    assert main(translate_args(photos, checkpoint, tmp_path / "ray")
+    assert main(translate_args(photos, weights, tmp_path / "ray")
                 + ["--engine", "ray", "--workers", "2", "--batch-size", "2"]) == 3
     on_ray = records(capsys)
     assert [r["status"] for r in local].count("done") == 5
@@ -79,11 +85,11 @@ def test_ray_sample_writes_the_local_bytes(ray_address, tmp_path, capsys, monkey
 
 
 def test_skip_existing_is_decided_at_plan_time(ray_address, photos, tmp_path, capsys):
-    checkpoint = write_checkpoint(tmp_path / "g.pth")
+    weights = checkpoint(tmp_path / "g.pth")
     out = tmp_path / "out"
     out.mkdir()
     (out / "p1.png").write_bytes(b"kept as it is")
-    args = translate_args(photos, checkpoint, out) + ["--engine", "ray", "--skip-existing"]
+    args = translate_args(photos, weights, out) + ["--engine", "ray", "--skip-existing"]
     assert main(args) == 3
     statuses = {Path(r["input"]).name: r["status"] for r in records(capsys)}
     assert statuses == {"broken.png": "failed", "p0.png": "done", "p1.png": "skipped", "p2.png": "done",
@@ -95,13 +101,12 @@ def test_s3_inputs_and_outputs_on_both_engines(ray_address, s3_server, photos, t
     bucket = s3_server()
     for path in sorted(photos.iterdir()):
         location(f"{bucket}/scans/{path.name}").write_bytes(path.read_bytes())
-    checkpoint = write_checkpoint(tmp_path / "g.pth")
-    assert main(translate_args(photos, checkpoint, tmp_path / "files")) == 3
+    weights = checkpoint(tmp_path / "g.pth")
+    assert main(translate_args(photos, weights, tmp_path / "files")) == 3
     expected = file_bytes(tmp_path / "files")
     capsys.readouterr()
     for engine in ("local", "ray"):
-        assert main(translate_args(f"{bucket}/scans", checkpoint, f"{bucket}/{engine}")  # type: ignore[arg-type]
-                    + ["--engine", engine, "--format", "png"]) == 3
+        assert main(translate_args(f"{bucket}/scans", weights, f"{bucket}/{engine}") + ["--engine", engine]) == 3
         outputs = {r["output"]: r["status"] for r in records(capsys)}
         assert outputs[f"{bucket}/{engine}/p0.png"] == "done" and outputs[f"{bucket}/{engine}/broken.png"] == "failed"
         written = {path.name: path.read_bytes() for path in location(f"{bucket}/{engine}").iterdir()}
@@ -158,11 +163,20 @@ def test_a_worker_setup_error_is_one_line(ray_address, photos, tmp_path, capsys)
 
 
 def test_engine_choice_errors(photos, tmp_path, capsys, monkeypatch):
-    checkpoint = write_checkpoint(tmp_path / "g.pth")
-    assert main(translate_args(photos, checkpoint, tmp_path / "out") + ["--engine", "spark"]) == 1
+    weights = checkpoint(tmp_path / "g.pth")
+    assert main(translate_args(photos, weights, tmp_path / "out") + ["--engine", "spark"]) == 1
     assert "unknown engine 'spark': use local or ray" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
-    assert main(translate_args(photos, checkpoint, tmp_path / "out") + ["--engine", "ray"]) == 1
+    assert main(translate_args(photos, weights, tmp_path / "out") + ["--engine", "ray"]) == 1
     assert "--engine ray needs Ray: pip install 'imgforge[ray]'" in capsys.readouterr().err
     assert main(["sample", "--grid", str(tmp_path / "g.png"), "--engine", "ray"]) == 1
     assert "give -o" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_two_ray_workers_share_a_gpu(ray_address, photos, tmp_path, capsys):
+    weights = checkpoint(tmp_path / "g.pth")
+    assert main(translate_args(photos, weights, tmp_path / "gpu") + ["--engine", "ray", "--workers", "2",
+                                                                    "--gpus-per-worker", "0.5", "--device", "cuda"]) == 3
+    assert [r["status"] for r in records(capsys)].count("done") == 5
+    assert len(list((tmp_path / "gpu").iterdir())) == 5
