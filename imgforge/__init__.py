@@ -35,17 +35,9 @@ def __getattr__(name: str):
 
 
 def load_model(name: str, **options):
-    """The network(s) of a zoo model, ready to run: a DDPM `DiffusionModel` (sample), a pix2pix/CycleGAN
-    generator (translate) or an old-photo `Restorer` (restore). `options` go to the task's loader
-    (offline=, weights_dir=, quiet=, and the task's own, e.g. netG= for translate)."""
+    """The network(s) of a zoo model, ready to run, loaded through the registry of network families: a DDPM
+    `DiffusionModel` (sample), a pix2pix/CycleGAN generator (translate) or an old-photo `Restorer` (restore).
+    `options` go to the task's loader (offline=, weights_dir=, quiet=, and the task's own, e.g. netG=)."""
     from .manifest import get_model
 
-    task = get_model(name).task
-    if task == "sample":
-        return import_module(".pipelines.sample", __name__).load_model(name, **options)
-    if task == "translate":
-        return import_module(".pipelines.translate", __name__).load_generator(name, **options)
-    restore = import_module(".pipelines.restore", __name__)
-    kind = next(k for k, model in restore.MODELS.items() if model == name)
-    settings = restore.Settings(scratches=kind != "quality", hr=kind == "hr")
-    return restore.Restorer(settings, **options)
+    return import_module(f".pipelines.{get_model(name).task}", __name__).load_model(name, **options)

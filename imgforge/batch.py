@@ -1,81 +1,155 @@
-"""From inputs (files, folders, glob patterns; local or s3:// URLs) to jobs with output paths, which
-imgforge.engine runs.
+"""From inputs (files, folders, glob patterns; local or s3:// URLs, see imgforge.storage) to jobs with output
+paths, which imgforge.engine runs.
 
 Naming rule (docs/usage.md): one input and `-o` with an image extension -> that file; otherwise `-o` is a
-folder and each output keeps the input's path relative to the folder it was found in (or its file name), with
-the suffix before the extension and the extension replaced when asked; without `-o`, next to the input with the
-suffix (default: `default_suffix`). An output may never be one of the inputs, and two inputs may never share an
-output: both are InputErrors raised before anything runs.
+folder (always, with a trailing slash) and each output keeps the input's path relative to the folder it was
+found in (or its file name), with the suffix before the extension and the extension replaced when asked;
+without `-o`, next to the input with the suffix (default: `default_suffix`). A job's side outputs (a mask, saved
+faces) are named `<output stem><side suffix>` beside its output.
+
+Every output, main or side, is planned before any work (`claim_outputs`): it may never be an input (or another
+file the run reads), two may never share a path, and with an `-o` folder each must resolve inside it. Each is
+an InputError/OutputError raised before anything is written; the `-o` folder itself is created by the first
+write, so a run that fails to start leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .errors import InputError, OutputError
-from .imageio import WRITE_FORMATS
-from .storage import location
+from .imageio import WRITE_FORMATS, max_pixels, partial_path
+from .storage import location, resolved
 
 # what a folder listing picks up; a file named explicitly is always attempted
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
 _GLOB_CHARACTERS = frozenset("*?[")
 # inputs in a format imgforge reads but does not write (e.g. GIF) get this extension
 _FALLBACK_EXTENSION = ".png"
+_SEPARATORS = tuple({"/", "\\", os.sep, os.altsep or "/"})
 
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work for imgforge.engine: where its input is (None for sample), where its output goes
-    (a Path, or a storage.ObjectPath for s3://; None when kept in memory), its seed, and task-specific
-    options (JSON-able, e.g. restore's mask file)."""
+    """One unit of work for imgforge.engine: its input (None for sample), every file written for it (Paths, or
+    storage.ObjectPaths for s3://; no target when the result stays in memory), its seed and task-specific
+    options (JSON-able, e.g. restore's mask file). Plain data, so that a job travels to a cluster worker."""
 
     source: Path | None
     target: Path | None
+    side_outputs: tuple[tuple[str, Path], ...] = ()  # (side suffix, path), e.g. ("_mask.png", out/a_mask.png)
     seed: int | None = None
     options: dict = field(default_factory=dict, compare=False)
 
+    def side_output(self, suffix: str) -> Path:
+        """The path planned for the side output declared with `suffix`."""
+        return dict(self.side_outputs)[suffix]
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        main = (self.target,) if self.target is not None else ()
+        return (*main, *(path for _, path in self.side_outputs))
+
 
 def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = False, suffix: str = "",
-              extension: str | None = None, default_suffix: str = "_out") -> list[Job]:
+              extension: str | None = None, default_suffix: str = "_out", side_suffixes: Sequence[str] = (),
+              also_read: Iterable[str | os.PathLike] = ()) -> list[Job]:
     """Expand inputs into jobs (sorted within each input, inputs in the order given, duplicates dropped) and
-    give each its output path; the -o folder is created once the plan is valid. InputError for an input that
-    matches nothing, an output that would overwrite an input, or two inputs sharing an output."""
+    give each its output path and one path per side suffix (e.g. "_mask.png": `<output stem>_mask.png`).
+    `also_read`: other files the run reads (e.g. given masks), which no output may replace either.
+    InputError for an input that matches nothing; InputError/OutputError for a plan that would overwrite an
+    input, write two things to one path or leave the -o folder."""
     extension = _normalise_extension(extension)
+    for text, option in ((suffix, "--suffix"), *((side, "a side output suffix") for side in side_suffixes)):
+        _check_no_separator(text, option)
+    max_pixels()  # a bad IMGFORGE_MAX_PIXELS would fail every input: refuse it now
     found: list[tuple[Path, Path]] = []  # (source, path used for naming)
     for spec in inputs:
         found.extend(_expand(spec, recursive))
     named: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source as given, path used for naming)
     for source, name in found:
-        named.setdefault(source.resolve(), (source, name))
+        named.setdefault(resolved(source), (source, name))
     if not named:
         raise InputError("no input images given")
 
+    folder = None
     if output is not None and _names_a_file(output):
         if len(named) > 1:
             raise InputError(f"-o {output} names one file but there are {len(named)} inputs; give a folder")
-        jobs = [Job(source=source, target=location(output)) for source, _ in named.values()]
+        targets = [(source, location(output)) for source, _ in named.values()]
     else:
         folder = location(output) if output is not None else None
-        jobs = [Job(source=source, target=_target(source, name, folder, suffix or ("" if folder else default_suffix),
-                                                  extension))
-                for source, name in named.values()]
-
-    owners: dict[Path, Path] = {}
-    for job in jobs:
-        resolved = job.target.resolve()
-        if resolved in named:
-            raise InputError(f"the output for {job.source} would overwrite the input {named[resolved][0]}; "
-                             "choose another -o folder or a --suffix")
-        if resolved in owners:
-            raise InputError(f"inputs {owners[resolved]} and {job.source} would both be written to {job.target}")
-        owners[resolved] = job.source
-    if output is not None and not _names_a_file(output):
-        _make_folder(location(output))
+        chosen = suffix or ("" if folder else default_suffix)
+        targets = [(source, _target(source, name, folder, chosen, extension)) for source, name in named.values()]
+    jobs = [Job(source, target, tuple((side, target.with_name(target.stem + side)) for side in side_suffixes))
+            for source, target in targets]
+    read = {path: source for path, (source, _) in named.items()}
+    read.update((resolved(location(path)), location(path)) for path in also_read)
+    claims = [(path, _owner(job, path)) for job in jobs for path in job.outputs]
+    claim_outputs(claims, reads=read, folder=folder)
     return jobs
+
+
+def claim_outputs(claims: Iterable[tuple[Path, str]], *, reads: dict[Path, Path] | None = None,
+                  folder: Path | None = None) -> None:
+    """Check a run's planned outputs before any work: `claims` are (path, what it is, e.g. "the output of
+    a.png"); `reads` maps the resolved paths the run reads to their names as given. OutputError for a path
+    outside `folder` (when given) or an output folder that cannot be made; InputError for an output that is
+    one of `reads` or that two claims share."""
+    reads = reads or {}
+    inside = resolved(folder) if folder is not None else None
+    owners: dict[Path, str] = {}
+    parents: set[Path] = set()
+    for path, owner in claims:
+        parents.add(path.parent)
+        real = resolved(path)
+        if inside is not None and not real.is_relative_to(inside):
+            raise OutputError(f"{owner} would be written to {path}, outside the output folder {folder}")
+        if real in reads:
+            raise InputError(f"{owner} would overwrite the input {reads[real]}; choose another -o folder or "
+                             "a --suffix")
+        if real in owners:
+            raise InputError(f"{owners[real]} and {owner} would both be written to {path}")
+        owners[real] = owner
+    for parent in parents:
+        check_folder_can_exist(parent)
+
+
+def check_folder_can_exist(folder: Path) -> None:
+    """OutputError if `folder` cannot be created because a file stands where it or one of its parents would
+    be (the folder itself is made by the first write into it)."""
+    for each in (folder, *folder.parents):
+        if each.is_dir():
+            return
+        if os.path.lexists(each):
+            what = "is a file" if each.is_file() else "is not a folder"
+            raise OutputError(f"cannot create output folder {folder}: {each} {what}")
+
+
+def output_exists(path: Path) -> bool:
+    """True if `path` holds an output from an earlier run (for --skip-existing), whose leftover temp file
+    from a killed overwrite is then removed. OutputError if a folder stands where the file should go."""
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: a folder is in the way")
+    if not path.exists():
+        return False
+    partial_path(path).unlink(missing_ok=True)
+    return True
+
+
+def _owner(job: Job, path: Path) -> str:
+    if path == job.target:
+        return f"the output for {job.source}"
+    side = next(side for side, each in job.side_outputs if each == path)
+    return f"the {Path(side).stem.lstrip('_') or side} output for {job.source}"
+
+
+def _check_no_separator(text: str, option: str) -> None:
+    if any(separator in text for separator in _SEPARATORS) or "\0" in text:
+        raise OutputError(f"{option} {text!r} may not contain a path separator: it names files, not folders")
 
 
 def _normalise_extension(extension: str | None) -> str | None:
@@ -102,18 +176,34 @@ def _expand(spec: str, recursive: bool) -> list[tuple[Path, Path]]:
             raise InputError(f"no images {where} folder {spec}{hint}")
         return images
     if _GLOB_CHARACTERS & set(spec):
-        matches = sorted(glob.glob(spec, recursive=True))
-        images = [(Path(m), Path(Path(m).name)) for m in matches
-                  if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS]
+        matches = _glob(spec)
+        images = [(m, Path(m.name)) for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
         for match in matches:
-            if Path(match).is_dir():
-                images.extend((image, Path(image.name)) for image in _list_folder(Path(match), recursive))
+            if match.is_dir():
+                images.extend((image, Path(image.name)) for image in _list_folder(match, recursive))
         if not images:
             raise InputError(f"no images match {spec}")
         return images
     if os.path.lexists(spec):
         raise InputError(f"cannot read {spec}: not a file or folder")
     raise InputError(f"cannot read {spec}: no such file or folder")
+
+
+def _glob(spec: str) -> list[Path]:
+    """Matches of a glob pattern, sorted; `**` is any depth of folders but never follows a symlinked folder
+    (two links to `..` would make it run forever). Hidden files and folders are left out unless the pattern
+    names one."""
+    parts = Path(spec).parts
+    fixed = next(i for i, part in enumerate(parts) if _GLOB_CHARACTERS & set(part))
+    root = Path(*parts[:fixed]) if fixed else Path()
+    pattern = str(Path(*parts[fixed:]))
+    try:
+        matches = sorted(root.glob(pattern))
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot expand {spec}: {exc}") from None
+    if any(part.startswith(".") for part in Path(pattern).parts):
+        return matches
+    return [m for m in matches if not any(part.startswith(".") for part in m.relative_to(root).parts)]
 
 
 def _list_folder(folder: Path, recursive: bool) -> list[Path]:
@@ -130,15 +220,10 @@ def _list_folder(folder: Path, recursive: bool) -> list[Path]:
 
 
 def _names_a_file(output: str) -> bool:
+    if output.endswith(_SEPARATORS):
+        return False
     path = location(output)
     return path.suffix.lower() in WRITE_FORMATS and not path.is_dir()
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
 
 
 def _target(source: Path, name: Path, folder: Path | None, suffix: str, extension: str | None) -> Path:

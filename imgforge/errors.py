@@ -7,6 +7,11 @@ class ImgforgeError(Exception):
     exit_code = 1
 
 
+class RunWideError(ImgforgeError):
+    """A fault that would fail every input (a missing backend, a bad setting): a batch stops at once instead of
+    reporting it once per file."""
+
+
 class InputError(ImgforgeError):
     """An input image (or other input file) cannot be read or is not acceptable."""
 

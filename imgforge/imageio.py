@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageCms
 
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, RunWideError
 from .storage import ObjectPath, location
 
 # Pillow's own error threshold (2 x MAX_IMAGE_PIXELS); IMGFORGE_MAX_PIXELS overrides it.
@@ -86,9 +86,12 @@ def max_pixels() -> int:
     if not value:
         return DEFAULT_MAX_PIXELS
     try:
-        return int(value)
+        limit = int(value)
     except ValueError:
-        raise InputError(f"IMGFORGE_MAX_PIXELS must be a whole number of pixels, not {value!r}") from None
+        limit = 0
+    if limit < 1:
+        raise RunWideError(f"IMGFORGE_MAX_PIXELS must be a whole number of pixels, not {value!r}")
+    return limit
 
 
 def read_image(path: str | os.PathLike) -> Picture:

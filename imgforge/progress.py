@@ -1,9 +1,11 @@
 """The one place progress bars and human-readable messages are made: rich, on stderr, so that stdout stays
-free for --json output."""
+free for --json output. Messages carry file names, globs and other people's text, so nothing printed is read
+as Rich markup: the console has markup off, and colour comes from styled Text."""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -15,14 +17,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, markup=False)
 
 
 def make_progress(*, quiet: bool = False, transient: bool = False, transfer: bool = False) -> Progress:
     """A progress bar with counts (bytes and speed with `transfer`), elapsed time and ETA; off with --quiet."""
     counts = (DownloadColumn(), TransferSpeedColumn()) if transfer else (MofNCompleteColumn(),)
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         *counts,
         TimeElapsedColumn(),
@@ -32,3 +34,13 @@ def make_progress(*, quiet: bool = False, transient: bool = False, transfer: boo
         disable=quiet,
         transient=transient,
     )
+
+
+def printable(text: object) -> str:
+    """`text` on one line: control characters (a newline in a file name) shown as escapes, not obeyed."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+
+
+def print_error(message: object) -> None:
+    """`error: <message>` on one line of stderr, the message printed as it is."""
+    console.print(Text.assemble(("error:", "red"), " ", printable(message)), soft_wrap=True)

@@ -1,12 +1,15 @@
 """Where and how networks run: device and precision choice, and runners over torch or ONNX Runtime.
 
-Every pipeline goes through `select_device`, `select_dtype` and `make_runner`, so the rules (half precision
-refused on the CPU, the ONNX provider actually in use reported) live here only.
+Every pipeline chooses its device and precision through `select_device` and `select_dtype`, so the rules (half
+precision refused on the CPU) live here only; translate and sample run their networks through `make_runner` /
+`on_device` (the ONNX provider actually in use reported), restore through its own stages under `autocast`.
+A module passed in is never moved or cast in place: `on_device` copies it when anything has to change.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -56,6 +59,32 @@ def select_dtype(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[key]
 
 
+def on_device(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None,
+              memory_format: torch.memory_format | None = None) -> torch.nn.Module:
+    """`module` with its weights on `device` (and floating weights in `dtype`, 4-d ones in `memory_format`):
+    the module itself when it already is, else a copy, so that a caller's model (or one shared by several
+    runners) keeps its device, precision and layout."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(_placed(tensor, device, dtype, memory_format) for tensor in tensors):
+        return module
+    moved = copy.deepcopy(module)
+    moved.to(device=device)
+    if dtype is not None:
+        moved.to(dtype=dtype)
+    if memory_format is not None:
+        moved.to(memory_format=memory_format)
+    return moved
+
+
+def _placed(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
+            memory_format: torch.memory_format | None) -> bool:
+    if tensor.device.type != device.type or (device.index is not None and tensor.device.index != device.index):
+        return False
+    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+        return False
+    return memory_format is None or tensor.dim() != 4 or tensor.is_contiguous(memory_format=memory_format)
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed precision for a reduced dtype (weights stay float32, matmuls/convs run in `dtype`)."""
     if dtype == torch.float32:
@@ -68,8 +97,9 @@ class TorchRunner:
 
     backend = "torch"
 
-    def __init__(self, module: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32):
-        self.module = module.to(device)
+    def __init__(self, module: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
+                 memory_format: torch.memory_format | None = None):
+        self.module = on_device(module, device, memory_format=memory_format).eval()
         self.device = device
         self.dtype = dtype
 
@@ -123,7 +153,8 @@ class OnnxRunner:
         signature = repr([(tuple(x.shape), str(x.dtype)) for x in example_inputs]) + repr(dynamic_axes)
         path = _onnx_cache_dir() / f"{type(module).__name__}-{_module_fingerprint(module, signature)}.onnx"
         if not path.exists():
-            self._export(module.cpu().eval(), [x.cpu() for x in example_inputs], path, dynamic_axes)
+            self._export(on_device(module, torch.device("cpu")).eval(), [x.cpu() for x in example_inputs], path,
+                         dynamic_axes)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
@@ -180,10 +211,10 @@ def make_runner(
     example_inputs: Sequence[torch.Tensor] = (),
     input_names: Sequence[str] = ("input",),
     dynamic_axes: dict[str, dict[int, str]] | None = None,
+    memory_format: torch.memory_format | None = None,
 ) -> TorchRunner | OnnxRunner:
-    module.eval()
     if backend == "torch":
-        return TorchRunner(module, device, dtype)
+        return TorchRunner(module, device, dtype, memory_format)
     if backend == "onnx":
         if dtype != torch.float32:
             raise ImgforgeError("--backend onnx runs in fp32 only; drop --precision or use --backend torch")

@@ -42,6 +42,11 @@ def is_url(spec: str | os.PathLike) -> bool:
     return isinstance(spec, ObjectPath) or os.fspath(spec).startswith(SCHEME)
 
 
+def resolved(path: Path | ObjectPath) -> Path | ObjectPath:
+    """The path with symlinks and '..' resolved (an ObjectPath as it is), to tell whether two name one file."""
+    return path if isinstance(path, ObjectPath) else Path(os.path.realpath(path))
+
+
 def existing(targets: list) -> set[str]:
     """The targets (Paths or ObjectPaths) that exist, as strings, found by listing each distinct folder once
     (one request per folder instead of one per file on object storage)."""
@@ -117,9 +122,6 @@ class ObjectPath(PurePosixPath):
         if self.parts[:len(other.parts)] != other.parts:
             raise ValueError(f"{self} is not under {other}")
         return PurePosixPath(*self.parts[len(other.parts):])
-
-    def resolve(self) -> ObjectPath:
-        return self
 
     def expanduser(self) -> ObjectPath:
         return self

@@ -27,6 +27,9 @@ KNOWN_KINDS = {
     "oldphoto.scratch_unet": "oldphoto",
     "oldphoto.chain_quality": "oldphoto",
     "oldphoto.chain_scratch": "oldphoto",
+    "face.spade_generator": "face",
+    "face.align": "face",
+    "face.blend": "face",
 }
 
 

@@ -7,11 +7,10 @@ import sys
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from .. import __version__
 from ..errors import ImgforgeError
-from ..progress import console
+from ..progress import console, print_error, printable
 
 app = typer.Typer(
     name="imgforge",
@@ -39,7 +38,7 @@ def _root(
 
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and leave with `code`."""
-    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -50,30 +49,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="imgforge")
     except SystemExit as exc:
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None:
+            return _interrupted(interrupt)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except ImgforgeError as exc:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {escape(_one_line(exc))}", soft_wrap=True)
+        print_error(_one_line(exc))
         return exc.exit_code
     except MemoryError:
         if debug:
             raise
-        console.print("[red]error:[/red] out of memory; try a smaller --batch-size, a smaller image or --device cpu")
+        print_error("out of memory; try a smaller --batch-size, a smaller image or --device cpu")
         return 1
     except Exception as exc:  # a bug: still one line, with the way to see the traceback
         if debug:
             raise
-        console.print(
-            f"[red]error:[/red] internal error: {type(exc).__name__}: {escape(_one_line(exc))} "
-            "(set IMGFORGE_DEBUG=1 for the traceback)",
-            soft_wrap=True,
-        )
+        print_error(f"internal error: {type(exc).__name__}: {_one_line(exc)} (set IMGFORGE_DEBUG=1 for the traceback)")
         return 1
     return 0
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """Typer turns Ctrl-C into Exit(130) inside the command; the KeyboardInterrupt is still in the chain."""
+    seen = exc
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Every command's Ctrl-C ends with one line; a command that knows what was done says so."""
+    detail = _one_line(exc) if exc.args else ""
+    console.print(f"interrupted: {printable(detail)}" if detail else "interrupted", soft_wrap=True)
+    return 130
 
 
 def _one_line(exc: BaseException) -> str:

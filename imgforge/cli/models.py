@@ -11,6 +11,7 @@ from typing import Annotated, List, Optional
 import typer
 from rich.console import Console
 from rich.table import Column, Table
+from rich.text import Text
 
 from ..errors import ChecksumMismatch, ImgforgeError
 from ..manifest import ModelEntry, get_model, load_manifest, models_for_task
@@ -90,7 +91,7 @@ def verify(
                 try:
                     status = "ok" if verify_file(entry, source, path, rehash=True) else "no sha256 known"
                 except ChecksumMismatch:
-                    status = "[red]MISMATCH[/red]"
+                    status = Text("MISMATCH", style="red")
                     mismatches += 1
             table.add_row(entry.name, role, status, str(path or ""))
     _stdout().print(table)
@@ -121,10 +122,37 @@ def path_command(
         typer.echo(str(local) if role else f"{each}\t{local}")
 
 
+@models_app.command()
+def inspect(
+    path: Annotated[str, typer.Argument(help="A weights file, or a folder of them.", show_default=False)],
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON array (one object per file).")] = False,
+) -> None:
+    """Say what a weights file is: the network family, what its shapes tell (hyperparameters, parameter count,
+    dtype) and the zoo models it matches (by sha256 where the manifest knows it, else by layout)."""
+    from ..inspection import inspect_weights
+
+    found = inspect_weights(path)
+    if json_output:
+        typer.echo(json.dumps([item.as_dict() for item in found], indent=2))
+        return
+    out = _stdout()
+    for item in found:
+        options = ", ".join(f"{key} {value}" for key, value in item.hyperparameters.items())
+        matches = ([f"{name} (sha256)" for name in item.zoo_by_sha256]
+                   + [f"{name} (layout)" for name in item.zoo_by_layout]) or ["none"]
+        for label, value in (("file", item.path), ("family", f"{item.family} ({item.summary}), task {item.task}"),
+                             ("options", options), ("parameters", f"{item.parameters:,} ({item.dtype})"),
+                             ("channels", f"{item.in_channels} -> {item.out_channels}, sides multiples of "
+                                          f"{item.size_multiple}, at least {item.min_side}"),
+                             ("exports", ", ".join(item.exports)), ("zoo", ", ".join(matches))):
+            out.print(f"{label:>10}  {value}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _stdout() -> Console:
-    """Tables go to stdout; piped, they keep long names and descriptions on one line."""
-    out = Console()
-    return out if out.is_terminal else Console(width=200)
+    """Tables go to stdout, their cells printed as they are (no markup); piped, they keep long names and
+    descriptions on one line."""
+    out = Console(markup=False, highlight=False)
+    return out if out.is_terminal else Console(width=200, markup=False, highlight=False)
 
 
 def _describe(entry: ModelEntry, cached: dict) -> dict:

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any, Hashable, Iterator, Protocol, Sequence
 
 from .. import storage
-from ..batch import Job
-from ..errors import ImgforgeError
-from ..imageio import partial_path
-from ..progress import console, make_progress
+from ..batch import Job, output_exists
+from ..errors import ImgforgeError, OutputError, RunWideError
+from ..progress import console, make_progress, printable
 
 ENGINES = ("local", "ray")
 
@@ -100,16 +99,14 @@ class BatchReport:
 def execute(task: Task, jobs: Sequence[Job], *, engine: EngineOptions | str | None = None,
             skip_existing: bool = False, quiet: bool = False, json_lines: bool = False,
             report: BatchReport | None = None) -> BatchReport:
-    """Run `jobs` with `task` on the chosen engine and return the report. With skip_existing, jobs whose
-    output exists are skipped here, at plan time, so that running the same command again resumes a killed
-    run on either engine. Ctrl-C stops after a summary line and re-raises KeyboardInterrupt."""
+    """Run `jobs` with `task` on the chosen engine and return the report. Which outputs exist is decided here,
+    at plan time (one listing per output folder on object storage): with skip_existing those jobs are
+    skipped, so that running the same command again resumes a killed run on either engine; a job whose output
+    is a folder fails. A RunWideError stops the run. Ctrl-C raises KeyboardInterrupt("N done, ..."), the
+    summary for the one "interrupted" line."""
     options = engine_options(engine)
     report = report if report is not None else BatchReport()
-    todo, skipped = list(jobs), []
-    if skip_existing:
-        found = storage.existing([job.target for job in jobs if job.target is not None])
-        skipped = [job for job in jobs if job.target is not None and str(job.target) in found]
-        todo = [job for job in jobs if job.target is None or str(job.target) not in found]
+    planned = _plan(jobs)
     if options.engine == "ray":
         from . import ray as runner
     else:
@@ -119,24 +116,45 @@ def execute(task: Task, jobs: Sequence[Job], *, engine: EngineOptions | str | No
     with make_progress(quiet=quiet) as progress:
         reporter.attach(progress, progress.add_task(task.label, total=len(jobs)))
         try:
-            for job in skipped:
-                if isinstance(job.target, Path):
-                    partial_path(job.target).unlink(missing_ok=True)  # a temp file from a killed overwrite
-                reporter.add(job_record(job, "skipped"))
+            todo = []
+            for job, existed, error in planned:
+                if error is not None:
+                    reporter.add(job_record(job, "failed", error))
+                elif skip_existing and existed:
+                    reporter.add(job_record(job, "skipped"))
+                else:
+                    todo.append(job)
             for record in runner.run(prepared, task, todo, options):
                 reporter.add(record)
         except KeyboardInterrupt:
             progress.stop()
-            console.print(f"interrupted: {report.done} done, {report.skipped} skipped, {len(report.failed)} failed, "
-                          f"{len(jobs) - len(report.records)} not run; outputs written so far are complete",
-                          markup=False, highlight=False, soft_wrap=True)
-            raise
+            raise KeyboardInterrupt(
+                f"{report.done} done, {report.skipped} skipped, {len(report.failed)} failed, "
+                f"{len(jobs) - len(report.records)} not run; outputs written so far are complete"
+            ) from None
     return report
+
+
+def _plan(jobs: Sequence[Job]) -> list[tuple[Job, bool, str | None]]:
+    """(job, whether its main output exists, why it cannot run) for each job. Local outputs go through
+    batch.output_exists (a folder in the way fails the job; a temp file left by a killed overwrite of an
+    existing output is removed); object-storage ones are looked up in one listing per folder."""
+    remote = storage.existing([path for job in jobs for path in job.outputs if not isinstance(path, Path)])
+    planned = []
+    for job in jobs:
+        try:
+            existed = [output_exists(path) if isinstance(path, Path) else str(path) in remote
+                       for path in job.outputs]
+        except OutputError as exc:
+            planned.append((job, False, str(exc)))
+            continue
+        planned.append((job, bool(existed) and existed[0] and job.target is not None, None))
+    return planned
 
 
 def run_jobs(worker: Worker, jobs: Sequence[Job], batch_size: int) -> Iterator[tuple[Job, dict]]:
     """Process jobs on one worker, yielding (job, record) as each finishes (input order, except that a failed
-    load can overtake the group still being filled)."""
+    load can overtake the group still being filled). A RunWideError is raised, not recorded."""
     pending: list[tuple[Job, Any]] = []
     pending_key: Hashable = None
 
@@ -147,6 +165,8 @@ def run_jobs(worker: Worker, jobs: Sequence[Job], batch_size: int) -> Iterator[t
             results = worker.compute([item for _, item in group])
             if len(results) != len(group):
                 raise RuntimeError(f"compute returned {len(results)} results for {len(group)} inputs")
+        except RunWideError:
+            raise
         except Exception as exc:
             error = describe(exc)
             for job, _ in group:
@@ -155,6 +175,8 @@ def run_jobs(worker: Worker, jobs: Sequence[Job], batch_size: int) -> Iterator[t
         for (job, item), result in zip(group, results):
             try:
                 extra = worker.save(job, item, result)
+            except RunWideError:
+                raise
             except Exception as exc:
                 yield job, job_record(job, "failed", describe(exc))
             else:
@@ -163,6 +185,8 @@ def run_jobs(worker: Worker, jobs: Sequence[Job], batch_size: int) -> Iterator[t
     for job in jobs:
         try:
             item = worker.load(job)
+        except RunWideError:
+            raise
         except Exception as exc:
             yield job, job_record(job, "failed", describe(exc))
             continue
@@ -207,7 +231,8 @@ class Reporter:
             name = record.get("input") or record["output"]
             self.report.failed.append((storage.location(name), record["error"]))
             reason = record["error"].removeprefix(f"cannot read {name}: ")  # read_image names the file too
-            console.print(f"failed: {name}: {reason}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"failed: {printable(name)}: {printable(reason)}", markup=False, highlight=False,
+                          soft_wrap=True)
         elif status == "done":
             self.report.done += 1
         else:

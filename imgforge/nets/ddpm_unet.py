@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .registry import Descriptor, Export, Family, parameter_count, register
 
 DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
@@ -369,3 +370,78 @@ def load_unet(config: dict | UNetConfig, state: dict[str, torch.Tensor], where: 
             )
     unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return unet.eval()
+
+
+# --- the registry: a bare diffusers U-Net state dict is enough ---------------------------------------------
+
+# What google/ddpm-* config.json files say about the fields the weights cannot show (the DDPM paper's choices).
+DDPM_DEFAULTS = {"flip_sin_to_cos": False, "freq_shift": 1, "norm_eps": 1e-6, "downsample_padding": 0,
+                 "attention_head_dim": None, "norm_num_groups": 32}
+_BLOCK_KEY = re.compile(r"^(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.")
+
+
+def config_from_weights(state: dict[str, torch.Tensor]) -> dict:
+    """The UNet2DModel config a state dict implies: widths, blocks, attention placement and channels from the
+    keys and shapes; the rest (see DDPM_DEFAULTS) as the DDPM checkpoints have it; sample_size unknown."""
+    blocks: dict[tuple[str, int], set] = {}
+    layers = set()
+    for key in state:
+        if match := _BLOCK_KEY.match(key):
+            side, index, part, layer = match.group(1), int(match.group(2)), match.group(3), int(match.group(4))
+            blocks.setdefault((side, index), set()).add(part)
+            if side == "down" and part == "resnets":
+                layers.add(layer)
+    count = 1 + max(index for side, index in blocks if side == "down")
+    widths = [state[f"down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(count)]
+    embedding = state["time_embedding.linear_1.weight"].shape[0]
+    return {
+        **DDPM_DEFAULTS,
+        "in_channels": state["conv_in.weight"].shape[1],
+        "out_channels": state["conv_out.weight"].shape[0],
+        "block_out_channels": widths,
+        "layers_per_block": len(layers),
+        "down_block_types": ["AttnDownBlock2D" if "attentions" in blocks.get(("down", i), ()) else "DownBlock2D"
+                             for i in range(count)],
+        "up_block_types": ["AttnUpBlock2D" if "attentions" in blocks.get(("up", i), ()) else "UpBlock2D"
+                           for i in range(count)],
+        "add_attention": any(key.startswith("mid_block.attentions.") for key in state),
+        "time_embedding_dim": None if embedding == widths[0] * 4 else embedding,
+    }
+
+
+def load_unet_weights(state: dict[str, torch.Tensor], config: dict | None = None, **overrides) -> DDPMUNet:
+    """`config` (a config.json) is authoritative where given; without it the config is read from the weights.
+    `overrides` replace single fields (e.g. sample_size, norm_num_groups)."""
+    base = dict(config) if config is not None else config_from_weights(remap_legacy_attention(state))
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return load_unet(base, state, where="the U-Net weights")
+
+
+def describe_unet(net: DDPMUNet) -> Descriptor:
+    config = net.config
+    multiple = 2 ** (len(config.block_out_channels) - 1)
+
+    def example_inputs(height: int, width: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn((1, config.in_channels, height, width), generator=generator), torch.tensor([500.0])
+
+    io = {"sample": "N x C x H x W float32, the noisy image x_t (data scaled to [-1, 1])",
+          "timestep": "N float32, integer-valued t in [0, num_train_timesteps)",
+          "eps": "N x C x H x W float32, the predicted noise"}
+    axes = {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+            "eps": {0: "batch", 2: "height", 3: "width"}}
+    export = Export("unet", net, example_inputs, ("sample", "timestep"), ("eps",), axes, io)
+    hyperparameters = {f.name: getattr(config, f.name) for f in fields(config)}
+    return Descriptor(
+        family="ddpm_unet", task="sample", in_channels=config.in_channels, out_channels=config.out_channels,
+        size_multiple=multiple, min_side=multiple, precisions=("fp32", "bf16", "fp16"),
+        parameters=parameter_count(net), hyperparameters=hyperparameters, exports=(export,),
+        test_time="noise prediction eps(x_t, t); the sampler runs outside the graph",
+    )
+
+
+register(Family(
+    "ddpm_unet", "ddpm_unet", "sample", "DDPM noise-prediction U-Net (diffusers UNet2DModel)",
+    detect=lambda state: "conv_in.weight" in state and "time_embedding.linear_1.weight" in state,
+    load=load_unet_weights, describe=describe_unet,
+))

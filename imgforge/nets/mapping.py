@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .registry import Descriptor, Export, Family, check_overrides, parameter_count, register
 from .nonlocal_attention import DEFAULT_CHUNK_BYTES, PartialNonLocalBlock, PatchAttention
 from .vae import ResnetBlock, load_official_weights, run_sequential
 
@@ -99,3 +100,69 @@ def build_mapping(kind: str, state_dict: dict | None = None, **config) -> nn.Mod
     if state_dict is not None:
         load_official_weights(net, state_dict, f"{kind} mapping")
     return net.eval()
+
+
+# --- the registry: the kind is told by the keys ----------------------------------------------------------------
+
+_KIND_KEYS = {"quality": "model.0.weight", "scratch": "NL.theta.weight", "hr": "NL_scale_1.F_Combine.weight"}
+
+
+def mapping_kind(state: dict) -> str | None:
+    return next((kind for kind, key in _KIND_KEYS.items() if key in state), None)
+
+
+def _mapping_options(state: dict) -> dict:
+    kind = mapping_kind(state)
+    first = "model" if kind == "quality" else "before_NL"
+    options = {"mc": state[f"{first}.9.weight"].shape[0]}  # the fourth widening conv: min(512, mc) channels
+    if kind != "hr":
+        body = "model" if kind == "quality" else "after_NL"
+        options["n_blocks"] = len({key.split(".")[1] for key in state if key.startswith(f"{body}.")
+                                   and ".conv_block." in key})
+    return options
+
+
+def load_mapping_weights(state_dict: dict, **overrides) -> nn.Module:
+    """The mapping network of the kind its keys show, widths and block count read from the weights;
+    `chunk_bytes` (memory bound of the attention) is free."""
+    kind = mapping_kind(state_dict)
+    return build_mapping(kind, state_dict, **check_overrides(f"{kind} mapping", _mapping_options(state_dict),
+                                                             overrides))
+
+
+def describe_mapping(net: nn.Module) -> Descriptor:
+    from .oldphoto_onnx import mapping_graph
+
+    state = net.state_dict()
+    kind = mapping_kind(state)
+    masked = kind != "quality"
+
+    def example_inputs(height: int, width: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(0)
+        latent = torch.randn((1, LATENT_CHANNELS, height // 4, width // 4), generator=generator)
+        if not masked:
+            return (latent,)
+        return latent, (torch.rand((1, 1, height, width), generator=generator) > 0.9).float()
+
+    names = ("latent", "mask") if masked else ("latent",)
+    axes = {"latent": {0: "batch", 2: "latent_height", 3: "latent_width"},
+            "mask": {0: "batch", 2: "height", 3: "width"},
+            "latent_mapped": {0: "batch", 2: "latent_height", 3: "latent_width"}}
+    io = {"latent": "N x 64 x h x w float32, VAE_A's latent", "latent_mapped": "N x 64 x h x w, for VAE_B",
+          "mask": "N x 1 x 4h x 4w float32, 1 = scratch (image size)"}
+    export = Export("mapping", mapping_graph(net), example_inputs, names, ("latent_mapped",),
+                    {k: v for k, v in axes.items() if k in (*names, "latent_mapped")},
+                    {k: v for k, v in io.items() if k in (*names, "latent_mapped")})
+    return Descriptor(
+        family="oldphoto_mapping", task="restore", in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        size_multiple=4, min_side=16, precisions=("fp32", "bf16", "fp16"), parameters=parameter_count(net),
+        hyperparameters={"kind": kind, **_mapping_options(state)}, exports=(export,),
+        test_time={"quality": "latent mapping", "scratch": "latent mapping with partial non-local attention "
+                   "over unscratched positions", "hr": "latent mapping with multi-scale patch attention"}[kind],
+    )
+
+
+register(Family(
+    "oldphoto_mapping", "oldphoto", "restore", "old-photo latent mapping (quality, scratch or HR, from its keys)",
+    detect=lambda state: mapping_kind(state) is not None, load=load_mapping_weights, describe=describe_mapping,
+))

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .registry import Descriptor, Export, Family, parameter_count, register
 
 NETGS = ("unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
 NORMS = ("batch", "instance", "none")
@@ -357,3 +358,89 @@ def load_weights(net: Generator, state_dict: dict) -> None:
                 if keys]
     raise ModelError(f"the weights do not fit {asked.describe()} ({'; '.join(problems)}); "
                      "check --netG, --norm, --ngf and --no-dropout")
+
+
+# --- test-time modes, loading and the registry ----------------------------------------------------------
+
+TEST_MODES = ("official", "eval", "no-dropout")
+
+
+class TestTimeGenerator(nn.Module):
+    """The generator in one test-time mode, as a runner or an ONNX export calls it: "official" (test.py
+    without --eval: each image's own BatchNorm statistics, dropout masks as inputs), "no-dropout" (the same,
+    no masks) or "eval" (running statistics, no dropout). The BatchNorm mode is set at every call
+    (translators may share a generator) and is also a buffer, so that graphs of different modes (same
+    weights) get different cache keys."""
+
+    def __init__(self, generator: Generator, mode: str = "official"):
+        super().__init__()
+        if mode not in TEST_MODES:
+            raise ModelError(f"unknown mode {mode!r}: use one of {', '.join(TEST_MODES)}")
+        self.generator = generator
+        self.mode = mode
+        self.per_image = mode != "eval"
+        self.dropout_layers = generator.dropout_layers() if mode == "official" else []
+        self.register_buffer("image_statistics", torch.tensor(self.per_image))
+
+    def forward(self, x: torch.Tensor, *dropout_masks: torch.Tensor) -> torch.Tensor:
+        self.generator.use_image_statistics(self.per_image)
+        return self.generator(x, *dropout_masks)
+
+    def dropout_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        return [layer.mask_shape(height, width) for layer in self.dropout_layers]
+
+
+def load_generator_weights(state_dict: dict, **overrides) -> Generator:
+    """A generator built from what the weights say (infer_options), with `overrides` (netG, norm, ngf,
+    dropout, input_nc, output_nc) applied; a contradiction is a ModelError naming the option."""
+    found, _ = infer_options(state_dict)
+    try:
+        options = replace(found, **{k: v for k, v in overrides.items() if v is not None})
+    except TypeError as exc:
+        raise ModelError(f"unknown generator option ({exc})") from None
+    with torch.device("meta"):  # no random initialisation of weights that are overwritten next
+        net = build_generator(options)
+    net = net.to_empty(device="cpu")
+    load_weights(net, state_dict)
+    return net.eval()
+
+
+def describe_generator(net: Generator, mode: str = "official") -> Descriptor:
+    module = TestTimeGenerator(net, mode)
+    options = net.options
+    names = ("input", *(f"dropout{i}" for i in range(len(module.dropout_layers))))
+
+    def example_inputs(height: int, width: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(0)
+        image = torch.rand((1, options.input_nc, height, width), generator=generator) * 2 - 1
+        masks = [(torch.rand((1, *shape), generator=generator) >= DROPOUT_P).float() / (1 - DROPOUT_P)
+                 for shape in module.dropout_shapes(height, width)]
+        return (image, *masks)
+
+    io = {"input": "N x C x H x W float32 in [-1, 1]: uint8 / 127.5 - 1 (ToTensor, Normalize(0.5, 0.5))",
+          "output": "N x C x H x W float32 in [-1, 1] (tanh); uint8 = trunc((y + 1) / 2 * 255)"}
+    io.update({name: f"N x C x ceil(H/r) x ceil(W/r) float32, 0 or {1 / (1 - DROPOUT_P):g} per element "
+                     f"(Dropout({DROPOUT_P}) mask, drawn by the caller)" for name in names[1:]})
+    test_time = {"official": "per-image BatchNorm statistics, dropout masks as inputs (official test.py)",
+                 "no-dropout": "per-image BatchNorm statistics, no dropout",
+                 "eval": "running BatchNorm statistics, no dropout (test.py --eval)"}[mode]
+    export = Export("generator", module, example_inputs, names, ("output",),
+                    {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in (*names, "output")}, io)
+    return Descriptor(
+        family=f"pix2pix_{'unet' if isinstance(net, UnetGenerator) else 'resnet'}", task="translate",
+        in_channels=options.input_nc, out_channels=options.output_nc, size_multiple=net.stride,
+        min_side=net.stride, precisions=("fp32", "bf16", "fp16"), parameters=parameter_count(net),
+        hyperparameters=asdict(options), exports=(export,), test_time=test_time,
+    )
+
+
+register(Family(
+    "pix2pix_unet", "pix2pix", "translate", "pix2pix U-Net generator (unet_128, unet_256)",
+    detect=lambda state: "model.model.0.weight" in state,
+    load=load_generator_weights, describe=describe_generator,
+))
+register(Family(
+    "pix2pix_resnet", "pix2pix", "translate", "CycleGAN/pix2pix ResNet generator (resnet_6blocks, resnet_9blocks)",
+    detect=lambda state: "model.1.weight" in state and any(_RESNET_BLOCK.match(k) for k in state),
+    load=load_generator_weights, describe=describe_generator,
+))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import Descriptor, Export, Family, check_overrides, parameter_count, register, unwrap
 from .vae import load_official_weights
 
 
@@ -114,3 +115,49 @@ def build_scratch_detector(state_dict: dict | None = None, **config) -> ScratchU
             state_dict = state_dict["model_state"]
         load_official_weights(net, state_dict, "scratch detector")
     return net.eval()
+
+
+# --- the registry --------------------------------------------------------------------------------------------
+
+
+def _detector_options(state: dict) -> dict:
+    """Constructor options read from the weights (with_tanh has no weights: the official detector has none)."""
+    first = state["first.1.weight"]
+    levels = {int(key.split(".")[1]) for key in state if key.startswith("down_path.")}
+    block = [key for key in state if key.startswith("down_path.0.block.")]
+    return {"in_channels": first.shape[1], "out_channels": state["last.1.weight"].shape[0], "depth": len(levels),
+            "conv_num": sum(1 for key in block if key.endswith(".weight") and state[key].dim() == 4),
+            "wf": int(first.shape[0]).bit_length() - 1, "batch_norm": any("running_mean" in key for key in block)}
+
+
+def load_detector_weights(state_dict: dict, **overrides) -> ScratchUNet:
+    state = unwrap(state_dict, "model_state")
+    options = check_overrides("oldphoto_detector", _detector_options(state), overrides)
+    return build_scratch_detector(state, **options)
+
+
+def describe_detector(net: ScratchUNet) -> Descriptor:
+    channels = net.first[1].in_channels
+
+    def example_inputs(height: int, width: int) -> tuple[torch.Tensor, ...]:
+        return (torch.rand((1, channels, height, width), generator=torch.Generator().manual_seed(0)) * 2 - 1,)
+
+    io = {"input": "N x 1 x H x W float32 in [-1, 1]: grey uint8 / 127.5 - 1, resized to a short side of 256",
+          "logits": "N x 1 x H x W float32; scratch where sigmoid(logits) >= 0.4"}
+    axes = {name: {0: "batch", 2: "height", 3: "width"} for name in ("input", "logits")}
+    hyperparameters = _detector_options(net.state_dict())
+    return Descriptor(
+        family="oldphoto_detector", task="restore", in_channels=channels, out_channels=net.last[1].out_channels,
+        size_multiple=net.multiple, min_side=net.multiple, precisions=("fp32", "bf16", "fp16"),
+        parameters=parameter_count(net), hyperparameters=hyperparameters,
+        exports=(Export("detector", net, example_inputs, ("input",), ("logits",), axes, io),),
+        test_time="eval: running BatchNorm statistics",
+    )
+
+
+register(Family(
+    "oldphoto_detector", "oldphoto", "restore", "old-photo scratch-detection U-Net",
+    detect=lambda state: "first.1.weight" in unwrap(state, "model_state")
+    and "down_path.0.block.1.weight" in unwrap(state, "model_state"),
+    load=load_detector_weights, describe=describe_detector,
+))

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .registry import Descriptor, Export, Family, check_overrides, fit_config, parameter_count, register
 
 NORM_SLICE_ELEMENTS = 2**24  # instance norm runs on channel slices of at most this size (64 MB float32)
 
@@ -216,3 +217,66 @@ def build_vae(state_dict: dict | None = None, **config) -> GlobalGeneratorDCDCv2
     if state_dict is not None:
         load_official_weights(net, state_dict, "VAE")
     return net.eval()
+
+
+# --- the registry --------------------------------------------------------------------------------------------
+
+
+def _vae_candidates(state: dict):
+    """Constructor options to try against the weights: widths, kernel and channels read directly, the layout
+    (n_downsampling, start_r, spatio_size) searched, the official one (3, 1, 64) first."""
+    first, last = state["encoder.1.weight"], state[max((k for k in state if k.startswith("decoder.")
+                                                        and k.endswith(".weight") and state[k].dim() == 4),
+                                                       key=lambda k: int(k.split(".")[1]))]
+    convs = [v for k, v in state.items() if k.startswith("encoder.") and v.dim() == 4]
+    fixed = {"input_nc": first.shape[1], "output_nc": last.shape[0], "ngf": first.shape[0],
+             "mc": max(v.shape[0] for v in convs), "k_size": state["encoder.4.weight"].shape[-1]}
+    feat = state.get("decoder.0.weight")
+    fixed["feat_dim"] = feat.shape[1] if feat is not None and feat.shape[-1] == 1 else -1
+    layouts = [(3, 1, 64)] + [(n, r, s) for n in range(1, 6) for r in range(0, n + 1) for s in (64, 32, 0)]
+    for n, r, s in layouts:
+        yield {**fixed, "n_downsampling": n, "start_r": r, "spatio_size": s}
+
+
+def load_vae_weights(state_dict: dict, **overrides) -> GlobalGeneratorDCDCv2:
+    found = fit_config(state_dict, GlobalGeneratorDCDCv2, _vae_candidates(state_dict))
+    if found is None:
+        raise ModelError("the weights look like an old-photo VAE but fit no GlobalGenerator_DCDCv2 layout")
+    return build_vae(state_dict, **check_overrides("oldphoto_vae", found, overrides))
+
+
+def describe_vae(net: GlobalGeneratorDCDCv2) -> Descriptor:
+    from .oldphoto_onnx import SequentialPart
+
+    found = fit_config(net.state_dict(), GlobalGeneratorDCDCv2, _vae_candidates(net.state_dict())) or {}
+    image_channels, latent_channels = net.encoder[1].in_channels, net.decoder[0].conv_block[1].in_channels
+    downs = found.get("start_r", 1) + max(0, found.get("n_downsampling", 3) - 1 - found.get("start_r", 1))
+    multiple = 2 ** (downs + (found.get("spatio_size") == 32))
+
+    def image(height: int, width: int) -> tuple[torch.Tensor, ...]:
+        return (torch.rand((1, image_channels, height, width), generator=torch.Generator().manual_seed(0)) * 2 - 1,)
+
+    def latent(height: int, width: int) -> tuple[torch.Tensor, ...]:
+        shape = (1, latent_channels, height // multiple, width // multiple)
+        return (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)
+
+    axes = {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in ("image", "latent")}
+    exports = (
+        Export("encoder", SequentialPart(net, "encoder"), image, ("image",), ("latent",), axes,
+               {"image": "N x 3 x H x W float32 in [-1, 1]: uint8 / 127.5 - 1", "latent": f"N x C x H/{multiple} x W/{multiple}"}),
+        Export("decoder", SequentialPart(net, "decoder"), latent, ("latent",), ("image",), axes,
+               {"latent": "N x C x h x w", "image": f"N x 3 x {multiple}h x {multiple}w float32 in [-1, 1] (tanh); the official "
+                "save_image(normalize=True) stretches min..max to 0..255"}),
+    )
+    return Descriptor(
+        family="oldphoto_vae", task="restore", in_channels=image_channels, out_channels=net.decoder[-2].out_channels,
+        size_multiple=multiple, min_side=16, precisions=("fp32", "bf16", "fp16"), parameters=parameter_count(net),
+        hyperparameters=found, exports=exports, test_time="instance norm (no state)",
+    )
+
+
+register(Family(
+    "oldphoto_vae", "oldphoto", "restore", "old-photo VAE (GlobalGenerator_DCDCv2: encoder and decoder)",
+    detect=lambda state: "encoder.1.weight" in state and any(key.startswith("decoder.") for key in state),
+    load=load_vae_weights, describe=describe_vae,
+))

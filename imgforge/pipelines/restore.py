@@ -35,9 +35,8 @@ from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, InputError
 from ..imageio import Picture
-from ..nets.mapping import build_mapping
-from ..nets.scratch_unet import build_scratch_detector
-from ..nets.vae import build_vae
+from ..nets import registry
+from ..nets.mapping import mapping_kind
 from ..progress import console
 from ..storage import location
 
@@ -48,7 +47,7 @@ DETECTION_SHORT_SIDE = 256  # detection.py scale_tensor: the U-Net always sees a
 SCALE_SHORT_SIDE = 256  # test.py `Scale` / detection.py `scale_256`
 HR_MASK_DILATION = 3  # test.py parameter_set with --HR
 MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
-MASK_SUFFIX = "_mask"
+MASK_OUTPUT = "_mask.png"  # --save-mask: <output stem>_mask.png beside each output
 
 
 @dataclass
@@ -97,24 +96,47 @@ class Settings:
                     raise ImgforgeError(f"{option} works on scratches; it cannot be combined with --no-scratches")
 
 
-class Restorer:
-    """The networks of one restoration kind, loaded once, and the stages that use them."""
+# Each weights file of a restore model, the family it must be and its `config` table in the manifest.
+ROLES = {"detector": ("oldphoto_detector", "detector"), "vae_a": ("oldphoto_vae", "vae"),
+         "mapping": ("oldphoto_mapping", "mapping"), "vae_b": ("oldphoto_vae", "vae")}
 
-    def __init__(self, settings: Settings, *, device: str = "auto", precision: str = "fp32",
-                 offline: bool | None = None, weights_dir: Path | None = None, quiet: bool = False):
-        self.settings = settings
+
+class Restorer:
+    """The networks of one restoration model, loaded once through the registry, and the stages that use them.
+    `model` (a zoo name) defaults to the official model of `settings.kind`; given, the settings' kind follows
+    the model's networks (its mapping's kind, a detector or not)."""
+
+    def __init__(self, settings: Settings, *, model: str | None = None, device: str = "auto",
+                 precision: str = "fp32", offline: bool | None = None, weights_dir: Path | None = None,
+                 quiet: bool = False):
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
-        self.entry = manifest.get_model(MODELS[settings.kind])
-        config = self.entry.config
+        self.entry = manifest.get_model(model or MODELS[settings.kind])
+        if self.entry.task != "restore":
+            raise ImgforgeError(f"model '{self.entry.name}' is a {self.entry.task} model, not a restore model")
         paths = _fetch(self.entry, offline, weights_dir, quiet)
-        weights = {role: load_state_dict(path) for role, path in paths.items()}
-        self.vae_a = build_vae(weights["vae_a"], **config.get("vae", {})).to(self.device)
-        self.mapping = build_mapping(settings.kind, weights["mapping"], **config.get("mapping", {})).to(self.device)
-        self.vae_b = build_vae(weights["vae_b"], **config.get("vae", {})).to(self.device)
-        self.detector = None
-        if settings.scratches:
-            self.detector = build_scratch_detector(weights["detector"], **config.get("detector", {})).to(self.device)
+        unknown = sorted(set(paths) - set(ROLES))
+        if unknown or not {"vae_a", "mapping", "vae_b"} <= set(paths):
+            raise ImgforgeError(f"model '{self.entry.name}': a restore model has the files "
+                                f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
+        nets = {role: self._load(role, path) for role, path in paths.items()}
+        self.vae_a, self.mapping, self.vae_b = (nets[role].to(self.device) for role in ("vae_a", "mapping", "vae_b"))
+        self.detector = nets["detector"].to(self.device) if "detector" in nets else None
+        kind = mapping_kind(self.mapping.state_dict())
+        if model is not None:
+            settings = replace(settings, scratches=kind != "quality", hr=kind == "hr")
+        if kind != settings.kind or (self.detector is None) == settings.scratches:
+            raise ImgforgeError(f"model '{self.entry.name}' has a {kind} mapping"
+                                f"{'' if self.detector else ' and no detector'}; it cannot restore {settings.kind}")
+        self.settings = settings
+
+    def _load(self, role: str, path: Path) -> torch.nn.Module:
+        family, config_key = ROLES[role]
+        net, found = registry.load(load_state_dict(path), self.entry.arch, **self.entry.config.get(config_key, {}))
+        if found.name != family:
+            raise ImgforgeError(f"model '{self.entry.name}': its {role} file is a {found.name} network, not "
+                                f"{family}")
+        return net
 
     def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
         if not self.settings.scratches:
@@ -181,6 +203,12 @@ class Restorer:
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
 
+def load_model(name: str, **options) -> Restorer:
+    """A restore model of the zoo by name, its kind (quality, scratch, HR) read from its networks; options go
+    to Restorer (device=, precision=, offline=, weights_dir=, quiet=)."""
+    return Restorer(Settings(), model=name, **options)
+
+
 def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
                   stretch: bool = True, device: str = "auto", precision: str = "fp32", offline: bool | None = None,
@@ -214,8 +242,10 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         raise ImgforgeError("--batch-size must be at least 1")
     engine = engine_options(engine)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
+    given_masks = _mask_files(location(mask)) if mask is not None else []
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
-                     extension=output_format, default_suffix="_restored")
+                     extension=output_format, default_suffix="_restored",
+                     side_suffixes=[MASK_OUTPUT] if save_mask else [], also_read=given_masks)
     if mask is not None:
         find_mask = _mask_finder(location(mask), len(jobs))
         jobs = [replace(job, options=_mask_option(find_mask, job.source)) for job in jobs]
@@ -267,7 +297,7 @@ class RestoreWorker:
         if result.mask is not None:
             record["scratch_fraction"] = round(float(result.mask.mean()), 6)
         if self.task.save_mask and result.mask is not None:  # before the output: an existing output implies its mask
-            mask_path = job.target.with_name(job.target.stem + MASK_SUFFIX + ".png")
+            mask_path = job.side_output(MASK_OUTPUT)
             imageio.write_image(mask_path, result.mask.astype(np.uint8) * 255)
             record["mask"] = str(mask_path)
         imageio.write_image(job.target, result.pixels, alpha=result.alpha, like=item[0])
@@ -316,6 +346,13 @@ def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
         if (candidate / first).is_dir():
             return candidate
     return folder
+
+
+def _mask_files(mask: Path) -> list[Path]:
+    """The given mask file, or the images of a mask folder: inputs too, which no output may replace."""
+    if mask.is_dir():
+        return [path for path in mask.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS]
+    return [mask]
 
 
 def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from .. import hub, manifest, runtime
-from ..batch import Job
+from ..batch import Job, claim_outputs, output_exists
 from ..checkpoint import load_state_dict
 from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..errors import ImgforgeError, ModelError, OutputError
 from ..imageio import read_image, write_image
-from ..nets.ddpm_unet import DDPMUNet, load_unet
+from ..nets import registry
+from ..nets.ddpm_unet import DDPMUNet
 from ..storage import location
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
@@ -64,7 +65,7 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
     name, (config_path, scheduler_path, weights_path) = _model_files(model, offline, weights_dir, quiet)
     unet_config = _read_json(config_path)
     schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
-    unet = load_unet(unet_config, load_state_dict(weights_path), where=str(weights_path))
+    unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
     return DiffusionModel(name, unet, schedule)
 
 
@@ -88,7 +89,8 @@ def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000
              eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
              on_step: Callable[[], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yields (indices, uint8 images N x H x W x C) batch by batch; image i (drawn with seed + i) is the same
-    whatever else is drawn. The U-Net is moved to `device` (and cast to a reduced `precision`) in place."""
+    whatever else is drawn. The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is
+    left as it was."""
     if batch_size < 1:
         raise ImgforgeError(f"--batch-size must be at least 1, not {batch_size}")
     draw = Drawer(model, steps=steps, sampler=sampler, device=device, precision=precision, eta=eta,
@@ -141,10 +143,14 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
         raise ImgforgeError(f"--steps and --batch-size must be at least 1, not {steps} and {batch_size}")
     engine = engine_options(engine)
     folder = location(output) if output is not None else None
-    if isinstance(folder, Path) and folder.exists() and not folder.is_dir():
-        raise OutputError(f"--output must be a folder, and {folder} is a file")
+    grid_path = location(grid) if grid is not None else None
     if folder is None and engine.engine == "ray":
         raise ImgforgeError("--engine ray writes the samples where the workers run: give -o (a folder or s3:// URL)")
+    files = [folder / FILE_PATTERN.format(i) for i in range(num)] if folder is not None else [None] * num
+    claim_outputs([*((path, f"sample {i}") for i, path in enumerate(files) if path is not None),
+                   *([(grid_path, "the grid")] if grid_path is not None else [])])
+    if isinstance(grid_path, Path):
+        output_exists(grid_path)  # a folder in the way fails now, not after the run
     # the files now, so that a missing model fails before any worker starts; the grid needs the image size
     _, files = _model_files(model, offline, weights_dir, quiet)
     config = _read_json(files[0])
@@ -153,9 +159,8 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     task = SampleTask(model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing, device=device,
                       precision=precision, backend=backend, offline=offline, weights_dir=weights_dir,
                       batch_size=batch_size, keep=keep)
-    jobs = [Job(source=None, target=None if folder is None else folder / FILE_PATTERN.format(i), seed=seed + i,
-                options={"index": i}) for i in range(num)]
-    report = SampleReport(grid=None if grid is None else location(grid))
+    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
+    report = SampleReport(grid=grid_path)
     execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json, report=report)
     done = sorted((record["index"], record["output"]) for record in report.records if record["status"] == "done")
     if folder is not None:
@@ -277,8 +282,8 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
         raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
     # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
     # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
-    # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md).
-    net = unet.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
+    # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md). The caller's U-Net is not touched.
+    net = runtime.on_device(unet, device, dtype, torch.channels_last).eval()
 
     def eps_torch(x: torch.Tensor, t: int) -> torch.Tensor:
         x = x.to(dtype).contiguous(memory_format=torch.channels_last)

@@ -17,7 +17,7 @@ import hashlib
 import os
 import secrets
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,18 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from .. import hub, manifest, runtime
 from ..batch import Job, plan_jobs
 from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..checkpoint import load_state_dict
-from ..errors import ImgforgeError, InputError, ModelError
+from ..errors import ImgforgeError, InputError
 from ..imageio import Picture, read_image, write_image
-from ..nets.pix2pix import DROPOUT_P, Generator, GeneratorOptions, build_generator, infer_options, load_weights
+from ..nets import registry
+from ..nets.pix2pix import DROPOUT_P, TEST_MODES, Generator, GeneratorOptions, TestTimeGenerator
 from ..progress import console
 
-MODES = ("official", "eval", "no-dropout")
+MODES = TEST_MODES
 DIRECTIONS = manifest.DIRECTIONS
 OFFICIAL_SIZE = 256  # test.py: load_size = crop_size = 256, resized ignoring the aspect ratio
 NATIVE = "native"
@@ -58,19 +58,13 @@ def load_generator(model: str | None = None, checkpoint: str | os.PathLike | Non
     Its options are read from the weights; the manifest's config and the arguments override them, and a
     mismatch is a ModelError naming the option."""
     path, entry = _weights_file(model, checkpoint, offline=offline, weights_dir=weights_dir, quiet=quiet)
-    state = load_state_dict(path)
     requested = dict(entry.config) if entry is not None else {}
-    requested.update({k: v for k, v in dict(netG=netG, norm=norm, ngf=ngf, dropout=dropout).items() if v is not None})
-    found, _ = infer_options(state)
-    try:
-        options = replace(found, **requested)
-    except TypeError as exc:
-        raise ModelError(f"model '{entry.name}': bad config in the manifest ({exc})") from None
-    with torch.device("meta"):  # no random initialisation of weights that are overwritten next
-        net = build_generator(options)
-    net = net.to_empty(device="cpu")
-    load_weights(net, state)
-    return net.eval()
+    requested.update(netG=netG, norm=norm, ngf=ngf, dropout=dropout)
+    net, _ = registry.load(load_state_dict(path), entry.arch if entry is not None else "pix2pix", **requested)
+    return net
+
+
+load_model = load_generator  # imgforge.load_model(name) for translate models
 
 
 def _weights_file(model, checkpoint, *, offline, weights_dir, quiet) -> tuple[Path, manifest.ModelEntry | None]:
@@ -86,22 +80,6 @@ def _weights_file(model, checkpoint, *, offline, weights_dir, quiet) -> tuple[Pa
         raise ImgforgeError(f"model '{entry.name}' is a {entry.task} model; translate needs a translate model "
                             "(see `imgforge models list --task translate`)")
     return hub.fetch_file(entry, "generator", offline=offline, weights_dir=weights_dir, quiet=quiet), entry
-
-
-class _TestTimeGenerator(nn.Module):
-    """The generator as the runner calls it in one BatchNorm mode, set at every call (translators may share a
-    generator). The mode is also a buffer, so that ONNX exports of the two modes (same weights, different
-    graphs) get different cache keys."""
-
-    def __init__(self, generator: Generator, per_image: bool):
-        super().__init__()
-        self.generator = generator
-        self.per_image = per_image
-        self.register_buffer("image_statistics", torch.tensor(per_image))
-
-    def forward(self, x: torch.Tensor, *dropout_masks: torch.Tensor) -> torch.Tensor:
-        self.generator.use_image_statistics(self.per_image)
-        return self.generator(x, *dropout_masks)
 
 
 @dataclass
@@ -132,14 +110,15 @@ class Translator:
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
         self.backend = backend
-        self.dropout_layers = generator.dropout_layers() if mode == "official" else []
-        self._module = _TestTimeGenerator(generator, per_image=mode != "eval")
+        self._module = TestTimeGenerator(generator, mode)
+        self.dropout_layers = self._module.dropout_layers
         self._runner = None
         # oneDNN and cuDNN run these convolutions faster on channels-last tensors (~15% on a CPU, measured)
         self.channels_last = backend == "torch" and self.device.type in ("cpu", "cuda")
         if backend == "torch":
-            self._module.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-            self._runner = runtime.make_runner(self._module, backend="torch", device=self.device, dtype=self.dtype)
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            self._runner = runtime.make_runner(self._module, backend="torch", device=self.device, dtype=self.dtype,
+                                               memory_format=layout)
         elif backend != "onnx":
             raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
         elif self.dtype != torch.float32:

@@ -1,0 +1,164 @@
+"""The registry of network families: which architecture a state dict is, and how to build it from the weights.
+
+A family is declared in its own network module (`register(Family(...))` at the bottom of nets/<file>.py) and
+the module is named once in `FAMILY_MODULES` below: adding a network is one file and one line here.
+
+    family = detect(state_dict)                      # the Family whose `detect` accepts the keys
+    net = family.load(state_dict, **overrides)       # hyperparameters read from tensor shapes; strict load
+    facts = family.describe(net)                     # Descriptor: channels, size rule, precisions, exports
+    net, family = load(state_dict, "pix2pix_unet")   # both at once, the family named or detected
+
+`load` takes options the weights cannot tell (dropout, a DDPM config.json) and overrides of what they can;
+an override that contradicts the weights is a one-line ModelError naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+# One line per network file that registers families (imported on first use of the registry).
+FAMILY_MODULES = ("pix2pix", "ddpm_unet", "scratch_unet", "vae", "mapping")
+
+
+@dataclass(frozen=True)
+class Export:
+    """One network (or sub-network) as an ONNX graph: the module to trace, example inputs for an image of a
+    given (height, width), names, the axes that stay dynamic, and what each input and output holds
+    (value range and normalisation, for the sidecar a deployer reads)."""
+
+    name: str
+    module: nn.Module
+    example_inputs: Callable[[int, int], tuple[torch.Tensor, ...]]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    io: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What the weights determine and a pipeline, `export` or `models inspect` needs to know."""
+
+    family: str
+    task: str
+    in_channels: int
+    out_channels: int
+    size_multiple: int  # image sides must be multiples of it
+    min_side: int
+    precisions: tuple[str, ...]
+    parameters: int
+    hyperparameters: dict
+    exports: tuple[Export, ...] = ()
+    test_time: str = ""  # the test-time semantics an export reproduces (e.g. pix2pix's per-image statistics)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture. `arch` is the manifest's name for it (several families may share one: "pix2pix"
+    is both generators, "oldphoto" the restoration networks). `detect(state_dict)` looks at keys only;
+    `load(state_dict, **overrides)` builds the module in eval mode on the CPU with the weights loaded
+    strictly; `describe(module, **settings)` gives its Descriptor (settings: test-time options that change
+    what is exported, e.g. pix2pix's mode)."""
+
+    name: str
+    arch: str
+    task: str
+    summary: str
+    detect: Callable[[dict], bool]
+    load: Callable[..., nn.Module]
+    describe: Callable[..., Descriptor]
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    """Every registered family, by name."""
+    for module in FAMILY_MODULES:
+        import_module(f".{module}", __package__)
+    return dict(_FAMILIES)
+
+
+def get_family(name: str) -> Family:
+    known = families()
+    if name not in known:
+        raise ModelError(f"unknown network family {name!r}; imgforge knows {', '.join(known)}")
+    return known[name]
+
+
+def detect(state_dict: dict) -> Family:
+    """The family whose keys these are; a ModelError listing the known families otherwise."""
+    for family in families().values():
+        if family.detect(state_dict):
+            return family
+    first = ", ".join(list(state_dict)[:3]) or "none"
+    raise ModelError(f"the weights match no network family imgforge knows ({', '.join(families())}); "
+                     f"first keys: {first}")
+
+
+def load(state_dict: dict, arch: str | None = None, **overrides) -> tuple[nn.Module, Family]:
+    """(module, family): the family detected among those `arch` names (a family name or a manifest arch;
+    any family when None); a ModelError if the weights are not of that kind."""
+    known = families()
+    candidates = [f for f in known.values() if arch in (None, f.name, f.arch)]
+    if not candidates:
+        archs = sorted({f.arch for f in known.values()} | set(known))
+        raise ModelError(f"unknown architecture {arch!r}; imgforge knows {', '.join(archs)}")
+    chosen = next((f for f in candidates if f.detect(state_dict)), None)
+    if chosen is None:
+        if arch is None:
+            detect(state_dict)  # raises, listing the families
+        found = next((f.name for f in known.values() if f.detect(state_dict)), None)
+        what = f"{found} weights" if found else "no network imgforge knows"
+        raise ModelError(f"the weights are {what}, not {arch} ({'; '.join(f.summary for f in candidates)})")
+    return chosen.load(state_dict, **overrides), chosen
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_overrides(family: str, found: dict, overrides: dict, flags: dict[str, str] | None = None) -> dict:
+    """`found` (what the weights say) updated with `overrides`; an override that differs from a value the
+    weights determine is a ModelError naming the option. Keys absent from `found` are free options."""
+    flags = flags or {}
+    for key, value in overrides.items():
+        if value is not None and key in found and found[key] != value:
+            raise ModelError(f"{flags.get(key, key)} {value} contradicts the weights, which are a {family} "
+                             f"network with {key} {found[key]}")
+    return {**found, **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def unwrap(state_dict: dict, *containers: str) -> dict:
+    """The inner state dict of a checkpoint stored as {container: {...}} (e.g. "model_state")."""
+    for key in containers:
+        if isinstance(state_dict.get(key), dict):
+            return state_dict[key]
+    return state_dict
+
+
+def fit_config(state_dict: dict, build: Callable[..., nn.Module], candidates) -> dict | None:
+    """The first candidate config whose network (built on the meta device, no memory) has exactly the
+    state dict's keys and shapes; None if none has."""
+    wanted = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    for config in candidates:
+        try:
+            with torch.device("meta"):
+                built = build(**config).state_dict()
+        except (ValueError, RuntimeError, TypeError, ZeroDivisionError):
+            continue
+        if {k: tuple(v.shape) for k, v in built.items()} == wanted:
+            return config
+    return None

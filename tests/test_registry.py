@@ -1,0 +1,157 @@
+"""imgforge.nets.registry: every family recognises its own weights, reads its hyperparameters from the shapes,
+rebuilds the same network, and names contradictions; `imgforge.load_model` and `models inspect` go through it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import imgforge
+from imgforge.cli import main
+from imgforge.errors import ModelError
+from imgforge.nets import registry
+from imgforge.nets.ddpm_unet import DDPMUNet
+from imgforge.nets.mapping import build_mapping
+from imgforge.nets.pix2pix import GeneratorOptions, build_generator
+from imgforge.nets.scratch_unet import build_scratch_detector
+from imgforge.nets.vae import build_vae
+
+KEYS = Path(__file__).parent / "fixtures" / "conformance" / "keys"
+TINY_UNET = {"sample_size": 16, "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+             **{"flip_sin_to_cos": False, "freq_shift": 1, "norm_eps": 1e-6, "downsample_padding": 0,
+                "attention_head_dim": None}}
+
+
+def _tiny_networks() -> dict[str, tuple[torch.nn.Module, dict]]:
+    """family -> (a small random network, the options the registry must read back)."""
+    torch.manual_seed(0)
+    return {
+        "pix2pix_unet": (build_generator(GeneratorOptions("unet_128", "batch", 4, True, 1, 3)),
+                         {"netG": "unet_128", "norm": "batch", "ngf": 4, "input_nc": 1, "output_nc": 3}),
+        "pix2pix_resnet": (build_generator(GeneratorOptions("resnet_6blocks", "instance", 4, True)),
+                           {"netG": "resnet_6blocks", "norm": "instance", "dropout": True}),
+        "ddpm_unet": (DDPMUNet(TINY_UNET).eval(), {"block_out_channels": (8, 16), "layers_per_block": 1}),
+        "oldphoto_detector": (build_scratch_detector(wf=2, depth=3), {"wf": 2, "depth": 3, "batch_norm": True}),
+        "oldphoto_vae": (build_vae(ngf=16, mc=32), {"ngf": 16, "mc": 32, "n_downsampling": 3, "start_r": 1}),
+        "oldphoto_mapping": (build_mapping("scratch", mc=32, n_blocks=2), {"kind": "scratch", "mc": 32,
+                                                                          "n_blocks": 2}),
+    }
+
+
+@pytest.mark.parametrize("name", list(_tiny_networks()))
+def test_each_family_detects_and_rebuilds_its_weights(name):
+    net, expected = _tiny_networks()[name]
+    state = net.state_dict()
+    overrides = {"norm_num_groups": 4} if name == "ddpm_unet" else {}  # GroupNorm groups leave no trace
+    loaded, family = registry.load(state, **overrides)
+    assert family.name == name and registry.detect(state) is family
+    facts = family.describe(loaded)
+    assert {key: facts.hyperparameters[key] for key in expected} == expected
+    assert facts.parameters == sum(p.numel() for p in net.parameters())
+    assert loaded.state_dict().keys() == state.keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    assert facts.exports and all(export.input_names and export.output_names for export in facts.exports)
+
+
+@pytest.mark.parametrize("keys, family, expected", [
+    ("pix2pix_unet256_ngf64_batch", "pix2pix_unet", {"netG": "unet_256", "ngf": 64, "norm": "batch"}),
+    ("resnet6_ngf64_instance", "pix2pix_resnet", {"netG": "resnet_6blocks", "norm": "instance"}),
+    ("cyclegan_resnet9_ngf64_instance", "pix2pix_resnet", {"netG": "resnet_9blocks"}),
+    ("ddpm_cifar10_32", "ddpm_unet", {"block_out_channels": (128, 256, 256, 256)}),
+    ("ddpm_256", "ddpm_unet", {"block_out_channels": (128, 128, 256, 256, 512, 512)}),
+    ("oldphoto_detection_unet_wf6", "oldphoto_detector", {"wf": 6, "depth": 4, "conv_num": 2}),
+    ("oldphoto_vae_ngf64", "oldphoto_vae", {"ngf": 64, "mc": 64, "spatio_size": 64}),
+    ("oldphoto_mapping_quality", "oldphoto_mapping", {"kind": "quality", "mc": 512, "n_blocks": 6}),
+    ("oldphoto_mapping_scratch", "oldphoto_mapping", {"kind": "scratch", "mc": 512, "n_blocks": 6}),
+    ("oldphoto_mapping_patch_attention_hr", "oldphoto_mapping", {"kind": "hr", "mc": 512}),
+])
+def test_official_full_size_layouts(keys, family, expected):
+    """The official checkpoints' key layouts are recognised and their options read (zero weights)."""
+    layout = json.loads((KEYS / f"{keys}.keys.json").read_text())
+    state = {k: torch.zeros(shape, dtype=torch.long if k.endswith("num_batches_tracked") else torch.float32)
+             for k, shape in layout.items()}
+    net, found = registry.load(state)
+    assert found.name == family
+    facts = found.describe(net)
+    assert {key: facts.hyperparameters[key] for key in expected} == expected
+    assert facts.parameters == sum(v.numel() for k, v in state.items() if "running" not in k and "batches" not in k
+                                   and "filt" not in k)
+
+
+def test_contradicting_override_is_one_line_error():
+    net, _ = _tiny_networks()["oldphoto_mapping"]
+    with pytest.raises(ModelError, match="n_blocks 3 contradicts the weights.*n_blocks 2"):
+        registry.load(net.state_dict(), n_blocks=3)
+    generator, _ = _tiny_networks()["pix2pix_resnet"]
+    with pytest.raises(ModelError, match="--netG"):
+        registry.load(generator.state_dict(), netG="resnet_9blocks")
+
+
+def test_wrong_arch_and_unknown_weights_name_the_families():
+    net, _ = _tiny_networks()["oldphoto_vae"]
+    with pytest.raises(ModelError, match="the weights are oldphoto_vae weights, not pix2pix"):
+        registry.load(net.state_dict(), "pix2pix")
+    with pytest.raises(ModelError, match="match no network family") as failure:
+        registry.load({"encoder.weight": torch.zeros(2)})
+    assert all(name in str(failure.value) for name in registry.families())
+    with pytest.raises(ModelError, match="unknown architecture 'gan'"):
+        registry.load(net.state_dict(), "gan")
+
+
+def test_load_model_of_a_restore_model_outside_the_builtin_names(tmp_path, write_manifest, monkeypatch):
+    """imgforge.load_model used to raise StopIteration for a restore model it did not know by name."""
+    torch.manual_seed(0)
+    files = {"vae_a": build_vae(ngf=16), "mapping": build_mapping("quality", mc=32, n_blocks=1),
+             "vae_b": build_vae(ngf=16)}
+    lines = ["[models.my-restorer]", 'task = "restore"', 'arch = "oldphoto"', 'description = "mine"']
+    for role, net in files.items():
+        torch.save(net.state_dict(), tmp_path / f"{role}.pth")
+        lines.append(f'files.{role} = {{ urls = ["https://example.org/{role}.pth"] }}')
+    write_manifest(tmp_path, "\n".join(lines) + "\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    restorer = imgforge.load_model("my-restorer", device="cpu", weights_dir=tmp_path, quiet=True)
+    assert restorer.settings.kind == "quality" and restorer.detector is None
+    assert torch.equal(restorer.mapping.state_dict()["model.0.weight"], files["mapping"].state_dict()["model.0.weight"])
+
+
+def test_models_inspect(tmp_path, write_manifest, capsys):
+    from imgforge.hub import sha256_of
+
+    generator, _ = _tiny_networks()["pix2pix_resnet"]
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(generator.state_dict(), path)
+    (tmp_path / "notes.pt").write_bytes(b"")  # not a network: skipped in a folder
+    write_manifest(tmp_path, f'''
+        [models.mine]
+        task = "translate"
+        arch = "pix2pix"
+        description = "d"
+        files.generator = {{ urls = ["https://example.org/g.pth"], sha256 = "{sha256_of(path)}" }}
+        [models.same-layout]
+        task = "translate"
+        arch = "pix2pix"
+        description = "d"
+        config = {{ netG = "resnet_6blocks", norm = "instance", ngf = 4 }}
+        files.generator = {{ urls = ["https://example.org/h.pth"] }}
+        [models.other-layout]
+        task = "translate"
+        arch = "pix2pix"
+        description = "d"
+        config = {{ netG = "resnet_9blocks" }}
+        files.generator = {{ urls = ["https://example.org/i.pth"] }}
+    ''')
+    assert main(["models", "inspect", str(tmp_path), "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["family"] == "pix2pix_resnet" and record["hyperparameters"]["ngf"] == 4
+    assert record["zoo_by_sha256"] == ["mine"] and record["zoo_by_layout"] == ["same-layout"]
+    assert main(["models", "inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pix2pix_resnet" in out and "mine (sha256)" in out and "same-layout (layout)" in out
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "odd.pth")
+    assert main(["models", "inspect", str(tmp_path / "odd.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "no network family" in err and "ddpm_unet" in err and "\n" not in err.strip()
