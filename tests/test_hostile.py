@@ -210,12 +210,12 @@ def test_ctrl_c_in_sample_prints_one_interrupted_line(here, capfd, monkeypatch):
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-        yield
 
-    monkeypatch.setattr(pipeline, "generate", interrupted)
+    monkeypatch.setattr(pipeline.Drawer, "__call__", interrupted)
     model = write_folder(here / "ddpm")
     assert main(["sample", "-m", str(model), "-n", "2", "--steps", "1", "-o", "out", "--device", "cpu", "-q"]) == 130
-    assert stderr_lines(capfd) == ["interrupted: 0 of 2 images written, each complete; --skip-existing resumes"]
+    assert stderr_lines(capfd) == ["interrupted: 0 done, 0 skipped, 0 failed, 2 not run; outputs written so far are "
+                                   "complete"]
 
 
 def test_ctrl_c_in_a_batch_prints_one_interrupted_line(here, capfd, monkeypatch):

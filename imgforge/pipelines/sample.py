@@ -152,8 +152,8 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     if isinstance(grid_path, Path):
         output_exists(grid_path)  # a folder in the way fails now, not after the run
     # the files now, so that a missing model fails before any worker starts; the grid needs the image size
-    _, files = _model_files(model, offline, weights_dir, quiet)
-    config = _read_json(files[0])
+    _, (config_path, _, _) = _model_files(model, offline, weights_dir, quiet)
+    config = _read_json(config_path)
     shape = _image_shape(config.get("sample_size"), config.get("in_channels", 3))
     keep: dict[int, np.ndarray] | None = {} if folder is None else None
     task = SampleTask(model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing, device=device,

@@ -17,7 +17,7 @@ import hashlib
 import os
 import secrets
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -241,8 +241,6 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
     sources = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
     jobs = plan_jobs(sources, None if output is None else os.fspath(output), recursive=recursive, suffix=suffix,
                      extension=output_format, default_suffix="_translated")
-    if direction is None:  # the direction the zoo model was trained for; the official default otherwise
-        direction = (manifest.get_model(model).direction if model is not None else None) or "AtoB"
     # one seed for the run, chosen here so that every worker draws the same dropout masks for an image
     run_seed = seed if seed is not None else secrets.randbits(63)
     task = TranslateTask(
@@ -262,7 +260,7 @@ class TranslateTask:
     generator: dict  # load_generator's arguments
     translator: dict  # Translator's arguments
     seeded: bool  # the user chose the seed
-    direction: str
+    direction: str | None  # None: the one the zoo model was trained for, else the official AtoB
     aligned: bool
     compare: bool
     batch_size: int
@@ -274,14 +272,16 @@ class TranslateTask:
             console.print("note: dropout is active at test time, as in the official test.py, so results vary from "
                           "run to run; --seed N makes them reproducible, --eval or --no-dropout switches dropout off",
                           markup=False, highlight=False, soft_wrap=True)
-        return TranslateWorker(self, translator)
+        model = self.generator["model"]
+        direction = self.direction or (manifest.get_model(model).direction if model is not None else None) or "AtoB"
+        return TranslateWorker(self, translator, direction)
 
 
 class TranslateWorker:
     """A loaded translator and the per-file steps around it."""
 
-    def __init__(self, task: TranslateTask, translator: Translator):
-        self.task, self.translator = task, translator
+    def __init__(self, task: TranslateTask, translator: Translator, direction: str):
+        self.task, self.translator, self.direction = task, translator, direction
         self.input_mode = translator.image_mode(translator.options.input_nc)
         self.output_mode = translator.image_mode(translator.options.output_nc)
 
@@ -290,7 +290,7 @@ class TranslateWorker:
         source = picture.to_pil(self.input_mode)
         target = None
         if self.task.aligned:
-            source, target = split_aligned(source, self.task.direction, job.source)
+            source, target = split_aligned(source, self.direction, job.source)
         return _Item(picture, source, target, self.translator.prepare(source))
 
     def group_key(self, item: _Item) -> tuple:
