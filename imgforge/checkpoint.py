@@ -19,8 +19,11 @@ _HINT_PICKLE = (
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The dict stored in `path`, on the CPU: .safetensors through safetensors, anything else (.pt, .pth,
     .bin, .ckpt) through torch.load(weights_only=True). Nested dicts (e.g. {"model_state": {...}}) are
-    returned as stored; callers unwrap them. ModelError (one line) if the file cannot be read this way."""
+    returned as stored; callers unwrap them. ModelError (one line) if the file cannot be read this way or a
+    tensor holds NaN or infinity (a diverged training run: every output would be garbage)."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder, not a weights file (give the .pth or .safetensors file inside it)")
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
@@ -29,7 +32,16 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = _load_pickle(path)
     if not isinstance(state, dict):
         raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict (a dict of tensors)")
+    _check_finite(state, path)
     return state
+
+
+def _check_finite(state: dict, path: Path, prefix: str = "") -> None:
+    for key, value in state.items():
+        if isinstance(value, dict):
+            _check_finite(value, path, f"{prefix}{key}.")
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise ModelError(f"{path}: tensor '{prefix}{key}' holds NaN or infinite values; the weights are damaged")
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ _ORIENTATION_TAG = 0x0112
 # ImageDescription, Make, Model, DateTime, Artist, Copyright
 _TIFF_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0132, 0x013B, 0x8298)
 _PARTIAL_SUFFIX = ".partial"
+_METADATA_ALLOWANCE = 64 << 20  # bytes of ICC, EXIF and other chunks a 16-bit file may carry besides its pixels
 # Image.open consults the module-global MAX_IMAGE_PIXELS; we lift it only around our own header parse.
 _pil_limit_lock = threading.Lock()
 
@@ -102,37 +103,42 @@ def read_image(path: str | os.PathLike) -> Picture:
 
 
 def _read(path: Path | ObjectPath) -> Picture:
-    data = _read_bytes(path)
-    if not data:
-        raise InputError(f"cannot read {path}: empty file")
-    try:
-        with _pil_limit_lock:
-            saved_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                image = Image.open(io.BytesIO(data))
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved_limit
-    except Image.UnidentifiedImageError:
-        raise InputError(f"cannot read {path}: not an image (or a format Pillow does not read)") from None
-    except Exception as exc:  # Pillow raises many types for headers it cannot parse
-        raise InputError(f"cannot read {path}: not a valid image ({_reason(exc)})") from None
-    width, height = image.size
-    limit = max_pixels()
-    if width * height > limit:
-        raise InputError(
-            f"cannot read {path}: {width}x{height} is {width * height} pixels, over the limit of {limit} "
-            "(a decompression bomb?); set IMGFORGE_MAX_PIXELS to allow it"
-        )
-    # decoders of damaged files raise OSError, SyntaxError, ValueError, struct.error, zlib.error, ...
-    try:
-        return _decode(image, data, path)
-    except Exception as exc:
-        raise InputError(f"cannot read {path}: {_reason(exc)}") from None
+    """The header is parsed and the size limits checked before the body is read: the decoders then read only
+    what the first frame needs from the open file, so a huge file costs its pixels, not its size."""
+    with _open(path) as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(0)
+        if not size:
+            raise InputError(f"cannot read {path}: empty file")
+        try:
+            with _pil_limit_lock:
+                saved_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    image = Image.open(handle)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved_limit
+        except Image.UnidentifiedImageError:
+            raise InputError(f"cannot read {path}: not an image (or a format Pillow does not read)") from None
+        except Exception as exc:  # Pillow raises many types for headers it cannot parse
+            raise InputError(f"cannot read {path}: not a valid image ({_reason(exc)})") from None
+        width, height = image.size
+        limit = max_pixels()
+        if width * height > limit:
+            raise InputError(
+                f"cannot read {path}: {width}x{height} is {width * height} pixels, over the limit of {limit} "
+                "(a decompression bomb?); set IMGFORGE_MAX_PIXELS to allow it"
+            )
+        # decoders of damaged files raise OSError, SyntaxError, ValueError, struct.error, zlib.error, ...
+        try:
+            return _decode(image, handle, size, path)
+        except Exception as exc:
+            raise InputError(f"cannot read {path}: {_reason(exc)}") from None
 
 
-def _read_bytes(path: Path | ObjectPath) -> bytes:
+def _open(path: Path | ObjectPath):
+    """The file, open for reading (an object in storage is read whole into memory)."""
     try:
-        return path.read_bytes()
+        return io.BytesIO(path.read_bytes()) if isinstance(path, ObjectPath) else path.open("rb")
     except FileNotFoundError:
         raise InputError(f"cannot read {path}: no such file") from None
     except IsADirectoryError:
@@ -143,12 +149,23 @@ def _read_bytes(path: Path | ObjectPath) -> bytes:
         raise InputError(f"cannot read {path}: {exc.strerror or _reason(exc)}") from None
 
 
-def _decode(image: Image.Image, data: bytes, path: Path | ObjectPath) -> Picture:
+def _whole_file(handle, size: int, width: int, height: int) -> bytes:
+    """The file's bytes, for OpenCV's 16-bit decoder, if the file is no larger than its pixels could need
+    (8 bytes each: 16-bit RGBA, uncompressed) plus room for metadata."""
+    if size > 8 * width * height + _METADATA_ALLOWANCE:
+        raise InputError(f"the file is {size} bytes, more than a {width}x{height} image can hold (damaged, or "
+                         "padded with junk)")
+    handle.seek(0)
+    return handle.read()
+
+
+def _decode(image: Image.Image, handle, size: int, path: Path | ObjectPath) -> Picture:
     icc = image.info.get("icc_profile") or None
     exif = image.info.get("exif") or (_tiff_exif(image) if image.format == "TIFF" else None)
-    layout = _sixteen_bit_layout(image, data)
+    layout = _sixteen_bit_layout(image, handle)
     if layout is not None:
         orientation = image.getexif().get(_ORIENTATION_TAG, 1)  # OpenCV ignores it with IMREAD_UNCHANGED
+        data = _whole_file(handle, size, image.width, image.height)
         pixels, alpha = _decode_with_opencv(data, grey=layout == "grey")
     else:
         image.load()  # the full decode: with Pillow's default LOAD_TRUNCATED_IMAGES=False a cut file raises here
@@ -162,12 +179,14 @@ def _decode(image: Image.Image, data: bytes, path: Path | ObjectPath) -> Picture
                    path=path)
 
 
-def _sixteen_bit_layout(image: Image.Image, data: bytes) -> str | None:
+def _sixteen_bit_layout(image: Image.Image, handle) -> str | None:
     """"grey" or "colour" for the 16-bit files with more than one channel, which Pillow would cut to 8 bits
     (16-bit grey alone, Pillow's I;16, returns None)."""
     if image.format == "PNG":  # IHDR: bit depth at byte 24 of the file, colour type at 25
-        if data[24] == 16 and data[25] in (2, 4, 6):
-            return "grey" if data[25] == 4 else "colour"
+        handle.seek(24)
+        depth, colour = handle.read(2)
+        if depth == 16 and colour in (2, 4, 6):
+            return "grey" if colour == 4 else "colour"
     elif image.format == "TIFF":
         bits = image.tag_v2.get(258, (8,))
         bits = bits if isinstance(bits, tuple) else (bits,)

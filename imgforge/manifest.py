@@ -117,6 +117,8 @@ def _parse_manifest(path: str, mtime_ns: int, size: int) -> dict[str, ModelEntry
             document = tomllib.load(handle)
     except OSError as exc:
         raise ManifestError(f"cannot read the model manifest {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not a model manifest (TOML is UTF-8 text; this file is not)") from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         duplicate = re.match(r"Cannot declare \('models', '([^']+)'\) twice \((.*)\)", message)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from .errors import ImgforgeError
+from .errors import ImgforgeError, RunWideError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("torch", "onnx")
@@ -128,6 +129,24 @@ def _module_fingerprint(module: torch.nn.Module, extra: str) -> str:
     return digest.hexdigest()[:20]
 
 
+def check_backend(backend: str) -> None:
+    """RunWideError, before any image is read, for a backend that cannot run here."""
+    if backend not in BACKENDS:
+        raise RunWideError(f"unknown backend {backend!r}: use torch or onnx")
+    if backend == "onnx":
+        for package, extra in (("onnxruntime", "'imgforge[onnx]' (GPU) or 'imgforge[onnx-cpu]'"),
+                               ("onnx", "'imgforge[onnx]'")):  # torch.onnx needs onnx to export
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise RunWideError(f"--backend onnx needs the {package} package: pip install {extra}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class OnnxRunner:
     """Exports the module once (cached by a hash of its weights and the call signature), then runs it with
     ONNX Runtime. Reports the provider that actually runs: onnxruntime falls back to the CPU silently."""
@@ -142,49 +161,60 @@ class OnnxRunner:
         input_names: Sequence[str],
         dynamic_axes: dict[str, dict[int, str]] | None = None,
     ):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImgforgeError(
-                "--backend onnx needs onnxruntime: pip install 'imgforge[onnx]' (GPU) or 'imgforge[onnx-cpu]'"
-            ) from None
+        check_backend("onnx")
+        import onnxruntime as ort
+
         self.device = device
         self.input_names = list(input_names)
         signature = repr([(tuple(x.shape), str(x.dtype)) for x in example_inputs]) + repr(dynamic_axes)
         path = _onnx_cache_dir() / f"{type(module).__name__}-{_module_fingerprint(module, signature)}.onnx"
-        if not path.exists():
-            self._export(on_device(module, torch.device("cpu")).eval(), [x.cpu() for x in example_inputs], path,
-                         dynamic_axes)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        options = ort.SessionOptions()
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        cached = path.exists()
+        for attempt in ("cached", "exported") if cached else ("exported",):
+            if attempt == "exported":
+                self._export(on_device(module, torch.device("cpu")).eval(), [x.cpu() for x in example_inputs], path,
+                             dynamic_axes)
+            try:
+                self.session = ort.InferenceSession(str(path), ort.SessionOptions(), providers=providers)
+                break
+            except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+                if attempt == "exported":
+                    raise RunWideError(f"onnxruntime cannot load the graph exported to {path}: "
+                                       f"{_first_line(exc)}") from None
+                path.unlink(missing_ok=True)  # a damaged cached graph (a full disk, a killed copy): export again
         if device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
-            raise ImgforgeError(
+            raise RunWideError(
                 "onnxruntime could not use CUDA (is onnxruntime-gpu installed, without plain onnxruntime, "
                 "and are the CUDA libraries found?); use --device cpu or --backend torch"
             )
 
     def _export(self, module, example_inputs, path: Path, dynamic_axes) -> None:
         try:
-            import onnx  # noqa: F401  (torch.onnx needs it)
-        except ImportError:
-            raise ImgforgeError("--backend onnx needs the onnx package: pip install 'imgforge[onnx]'") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunWideError(f"cannot create the ONNX graph cache {path.parent} (set IMGFORGE_CACHE to a "
+                               f"writable folder): {exc.strerror or _first_line(exc)}") from None
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                tuple(example_inputs),
-                str(tmp),
-                input_names=self.input_names,
-                output_names=["output"],
-                dynamic_axes=dynamic_axes,
-                opset_version=17,
-                dynamo=False,
-            )
-        os.replace(tmp, path)
+        try:
+            with torch.no_grad():
+                torch.onnx.export(
+                    module,
+                    tuple(example_inputs),
+                    str(tmp),
+                    input_names=self.input_names,
+                    output_names=["output"],
+                    dynamic_axes=dynamic_axes,
+                    opset_version=17,
+                    dynamo=False,
+                )
+            os.replace(tmp, path)
+        except Exception as exc:  # an export that fails once fails for every image
+            reason = getattr(exc, "strerror", None) or _first_line(exc)
+            raise RunWideError(f"cannot export {type(module).__name__} to the ONNX graph {path}: {reason}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @property
     def provider(self) -> str:

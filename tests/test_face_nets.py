@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from conformance_checks.common import load_fixture
+from imgforge import runtime
 from imgforge.errors import ModelError
+from imgforge.nets import registry
 from imgforge.nets.face_spade import FaceSPADEGenerator, build_face_generator, detect
 
 FIXTURES = Path(__file__).parent / "fixtures" / "conformance"
@@ -59,3 +61,19 @@ def test_faces_must_be_square_multiples_of_32():
     with pytest.raises(ModelError, match="multiple of 32"):
         net(torch.zeros(1, 3, 48, 48))
     assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 3, 64, 64)
+
+
+def test_registered_family_exports_and_runs_through_onnx():
+    weights, io = load_fixture(FIXTURE)
+    net, family = registry.load(weights, "face_spade")
+    assert family.name == "face_spade" and registry.detect(weights) is family
+    descriptor = family.describe(net)
+    assert descriptor.hyperparameters == {"ngf": 2} and descriptor.parameters == 919_525
+    export = descriptor.exports[0]
+    runner = runtime.make_runner(net, backend="onnx", device=torch.device("cpu"),
+                                 example_inputs=export.example_inputs(256, 256), input_names=export.input_names,
+                                 dynamic_axes=export.dynamic_axes)
+    faces = torch.cat([io["degraded_image"], io["degraded_image"].flip(-1)])  # a batch of 2: dynamic batch axis
+    with torch.inference_mode():
+        expected = net(faces)
+    assert (runner(faces) - expected).abs().max() < 1e-4

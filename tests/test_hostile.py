@@ -229,3 +229,208 @@ def test_ctrl_c_in_a_batch_prints_one_interrupted_line(here, capfd, monkeypatch)
     monkeypatch.setattr(pipeline, "load_generator", interrupted)
     assert main(["translate", "a.png", "-o", "out", "--model", "x", "-q"]) == 130
     assert stderr_lines(capfd) == ["interrupted"]
+
+
+# ---- 5. faults that would fail every image stop the run first ---------------------------------------------
+
+
+def test_missing_onnxruntime_stops_the_run_before_the_first_image(here, capfd, monkeypatch):
+    image(here / "a.png")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    assert main(["translate", "a.png", "-o", "out", "--model", "x", "--backend", "onnx"]) == 1
+    assert stderr_lines(capfd) == ["error: --backend onnx needs the onnxruntime package: pip install "
+                                   "'imgforge[onnx]' (GPU) or 'imgforge[onnx-cpu]'"]
+
+
+@pytest.mark.parametrize("value", ["lots", "-4", "0"])
+def test_a_bad_pixel_limit_stops_the_run_before_the_first_image(here, capfd, monkeypatch, value):
+    image(here / "a.png")
+    monkeypatch.setenv("IMGFORGE_MAX_PIXELS", value)
+    assert main(["translate", "a.png", "-o", "out", "--model", "x"]) == 1
+    assert stderr_lines(capfd) == [f"error: IMGFORGE_MAX_PIXELS must be a whole number of pixels, not '{value}'"]
+
+
+def test_a_run_wide_error_inside_the_batch_stops_it(here):
+    from imgforge.errors import RunWideError
+
+    def compute(items):
+        raise RunWideError("the backend is gone")
+
+    jobs = [Job(here / "a", here / "out" / "a"), Job(here / "b", here / "out" / "b")]
+    with pytest.raises(RunWideError):
+        run_batch(jobs, load=lambda job: job, compute=compute, save=lambda *_: None, quiet=True)
+
+
+def _conv():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1))
+
+
+def test_a_damaged_cached_onnx_graph_is_exported_again(tmp_path, monkeypatch):
+    import torch
+    from imgforge import runtime
+
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path))
+    example = [torch.randn(1, 3, 8, 8)]
+    runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), example_inputs=example)
+    (graph,) = (tmp_path / "onnx").glob("*.onnx")
+    graph.write_bytes(b"half a graph")  # a full disk, a killed copy
+    runner = runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), example_inputs=example)
+    assert (runner(example[0]) - _conv()(example[0])).abs().max() < 1e-5
+    assert graph.stat().st_size > 100
+
+
+def test_an_onnx_cache_that_is_a_file_is_named(tmp_path, monkeypatch):
+    import torch
+    from imgforge import runtime
+    from imgforge.errors import RunWideError
+
+    (tmp_path / "cache").write_text("a file")
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RunWideError, match=r"cannot create the ONNX graph cache .*cache/onnx \(set IMGFORGE_CACHE"):
+        runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), example_inputs=[torch.zeros(1, 3, 4, 4)])
+
+
+# ---- from reading the code ------------------------------------------------------------------------------
+
+
+def test_sampling_in_bf16_leaves_the_callers_model_alone(tmp_path):
+    import torch
+    from test_sample_cli import write_folder
+    from imgforge.pipelines.sample import generate, load_model
+
+    model = load_model(str(write_folder(tmp_path / "ddpm")))
+    before = {name: tensor.clone() for name, tensor in model.unet.state_dict().items()}
+    list(generate(model, [0], steps=1, precision="bf16", device="cpu"))
+    after = model.unet.state_dict()
+    assert all(after[name].dtype == torch.float32 and torch.equal(after[name], before[name]) for name in before)
+
+
+def test_a_runner_never_moves_the_module_it_is_given():
+    import torch
+    from imgforge import runtime
+
+    module = _conv()
+    runner = runtime.make_runner(module, device=torch.device("meta"))
+    assert {p.device.type for p in module.parameters()} == {"cpu"}
+    assert {p.device.type for p in runner.module.parameters()} == {"meta"}
+    same = runtime.make_runner(module, device=torch.device("cpu"))
+    assert same.module is module  # nothing to change: no copy
+
+
+def test_load_model_of_a_restore_model_from_a_user_manifest(tmp_path, monkeypatch, write_manifest):
+    import imgforge
+    from imgforge.errors import WeightsUnavailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    write_manifest(tmp_path, """
+        [models.my-restore]
+        task = "restore"
+        arch = "oldphoto"
+        description = "a restore model of my own"
+        files.vae_a = { hub = "me/mine", path = "restoration/VAE_A_quality/latest_net_G.pth" }
+        files.vae_b = { hub = "me/mine", path = "restoration/VAE_B_quality/latest_net_G.pth" }
+        files.mapping = { hub = "me/mine", path = "restoration/mapping_quality/latest_net_mapping.pth" }
+    """)
+    with pytest.raises(WeightsUnavailable, match="of model 'my-restore' is not cached"):
+        imgforge.load_model("my-restore")
+
+
+# ---- 8. size checks before the body is read -------------------------------------------------------------
+
+
+def test_a_huge_sparse_file_costs_its_pixels_not_its_size(tmp_path):
+    import tracemalloc
+
+    from imgforge.imageio import read_image
+
+    path = image(tmp_path / "sparse.png", 7, size=(8, 8))
+    os.truncate(path, 300 << 20)  # 300 MB of zeros after the image (sparse: no disk space)
+    tracemalloc.start()
+    try:
+        picture = read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert picture.pixels.shape == (8, 8, 3) and int(picture.pixels.max()) == 7
+    assert peak < 20 << 20
+
+
+def test_a_16_bit_file_larger_than_its_pixels_can_be_is_refused_unread(tmp_path):
+    import cv2
+
+    from imgforge.imageio import read_image
+
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.full((8, 8, 3), 4000, np.uint16))
+    assert read_image(path).pixels.dtype == np.uint16
+    os.truncate(path, 100 << 20)
+    with pytest.raises(InputError, match=r"deep.png: the file is 104857600 bytes, more than a 8x8 image can hold"):
+        read_image(path)
+
+
+# ---- 10. no "internal error" for a bad file: the file and the field are named ---------------------------
+
+
+def test_a_binary_manifest_is_named(here, capfd, monkeypatch):
+    (here / "binary.toml").write_bytes(bytes(range(256)) * 4)
+    monkeypatch.setenv("IMGFORGE_MANIFEST", str(here / "binary.toml"))
+    assert main(["models", "list"]) == 1
+    assert stderr_lines(capfd) == [f"error: {here / 'binary.toml'}: not a model manifest (TOML is UTF-8 text; "
+                                   "this file is not)"]
+
+
+@pytest.mark.parametrize("size,problem", [
+    (100000, "sample_size 100000 makes images of 10000000000 pixels, over the limit of 178956970"),
+    (-4, "sample_size must be a positive whole number of pixels or a [height, width] pair, not -4"),
+    ([8, 0], "sample_size must be a positive whole number of pixels or a [height, width] pair, not [8, 0]"),
+])
+def test_a_bad_ddpm_sample_size_is_named(here, capfd, size, problem):
+    from test_sample_cli import TINY_UNET, write_folder
+
+    model = write_folder(here / "ddpm", {**TINY_UNET, "sample_size": size})
+    assert main(["sample", "-m", str(model), "-n", "1", "--steps", "1", "-o", "out", "--device", "cpu", "-q"]) == 1
+    (line,) = stderr_lines(capfd)
+    assert line.startswith(f"error: {model / 'config.json'}: {problem}")
+
+
+# ---- 11. smaller messages --------------------------------------------------------------------------------
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(here, capfd):
+    import torch
+    from safetensors.torch import save_file
+
+    from imgforge.checkpoint import load_state_dict
+    from imgforge.errors import ModelError
+
+    weights = {"model.0.weight": torch.ones(2, 2), "model.1.bias": torch.tensor([0.0, float("nan")])}
+    save_file(weights, str(here / "nan.safetensors"))
+    torch.save({"state": {"w": torch.tensor([float("inf")])}}, here / "inf.pth")
+    with pytest.raises(ModelError, match=r"nan.safetensors: tensor 'model.1.bias' holds NaN or infinite values"):
+        load_state_dict(here / "nan.safetensors")
+    with pytest.raises(ModelError, match=r"inf.pth: tensor 'state.w' holds NaN or infinite values"):
+        load_state_dict(here / "inf.pth")
+    image(here / "a.png")
+    assert main(["translate", "a.png", "-o", "out", "--checkpoint", "nan.safetensors"]) == 1
+    assert stderr_lines(capfd) == ["error: nan.safetensors: tensor 'model.1.bias' holds NaN or infinite values; "
+                                   "the weights are damaged"]
+
+
+def test_a_checkpoint_that_is_a_folder_is_called_one(here, capfd):
+    image(here / "a.png")
+    (here / "run" / "latest").mkdir(parents=True)
+    assert main(["translate", "a.png", "-o", "out", "--checkpoint", "run/latest"]) == 1
+    assert stderr_lines(capfd) == ["error: run/latest is a folder, not a weights file (give the .pth or "
+                                   ".safetensors file inside it)"]
+
+
+def test_manifest_errors_keep_the_table_name(here, capfd, monkeypatch):
+    (here / "unknownkey.toml").write_text('[models.t1]\ntask = "sample"\nfoo = 1\n')
+    monkeypatch.setenv("IMGFORGE_MANIFEST", str(here / "unknownkey.toml"))
+    assert main(["models", "list"]) == 1
+    (line,) = stderr_lines(capfd)
+    assert line.startswith(f"error: {here / 'unknownkey.toml'}: [models.t1]: unknown key(s) foo; allowed: ")

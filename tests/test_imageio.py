@@ -386,14 +386,14 @@ def test_folder_missing_file_and_unreadable_file(tmp_path, monkeypatch):
     locked.chmod(0)
     if os.geteuid() == 0:  # root reads mode-000 files anyway: make the read fail the way it fails for users
 
-        read_bytes = Path.read_bytes
+        open_path = Path.open
 
-        def refuse_locked(self):
+        def refuse_locked(self, *args, **kwargs):
             if self.name == "locked.png":
                 raise PermissionError(13, "Permission denied", str(self))
-            return read_bytes(self)
+            return open_path(self, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "read_bytes", refuse_locked)
+        monkeypatch.setattr(Path, "open", refuse_locked)
     for name, reason in [("folder.jpg", "it is a folder"), ("missing.png", "no such file"),
                          ("locked.png", "permission denied")]:
         with pytest.raises(InputError, match=f"cannot read .*{name}: {reason}"):

@@ -14,6 +14,7 @@ from imgforge.cli import main
 from imgforge.errors import ModelError
 from imgforge.nets import registry
 from imgforge.nets.ddpm_unet import DDPMUNet
+from imgforge.nets.face_spade import build_face_generator
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.pix2pix import GeneratorOptions, build_generator
 from imgforge.nets.scratch_unet import build_scratch_detector
@@ -39,6 +40,7 @@ def _tiny_networks() -> dict[str, tuple[torch.nn.Module, dict]]:
         "oldphoto_vae": (build_vae(ngf=16, mc=32), {"ngf": 16, "mc": 32, "n_downsampling": 3, "start_r": 1}),
         "oldphoto_mapping": (build_mapping("scratch", mc=32, n_blocks=2), {"kind": "scratch", "mc": 32,
                                                                           "n_blocks": 2}),
+        "face_spade": (build_face_generator(ngf=2), {"ngf": 2}),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms
 
 from imgforge.errors import ImgforgeError, InputError
+from imgforge.nets.face_spade import build_face_generator
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.scratch_unet import build_scratch_detector
 from imgforge.nets.vae import build_vae
@@ -37,7 +39,13 @@ CHECKPOINT_FILES = {
     "restoration/mapping_quality/latest_net_mapping_net.pth": "mapping_quality",
     "restoration/mapping_scratch/latest_net_mapping_net.pth": "mapping_scratch",
     "restoration/mapping_Patch_Attention/latest_net_mapping_net.pth": "mapping_hr",
+    # the face stage: tiny generators in the official Face_Enhancement layout, and the real YuNet model
+    "Face_Enhancement/checkpoints/Setting_9_epoch_100/latest_net_G.pth": "face_256",
+    "Face_Enhancement/checkpoints/FaceSR_512/latest_net_G.pth": "face_512",
+    "face_detection_yunet_2023mar.onnx": "yunet",
 }
+FACE_NGF = 1
+YUNET_MODEL = Path(__file__).parent / "data" / "face_detection_yunet_2023mar.onnx"
 
 
 def _perturbed(net: torch.nn.Module, generator: torch.Generator) -> dict:
@@ -74,11 +82,15 @@ def tiny_checkpoints() -> dict[str, bytes]:
         "mapping_quality": build_mapping("quality", **TINY_CONFIG["mapping"]),
         "mapping_scratch": build_mapping("scratch", **TINY_CONFIG["mapping"]),
         "mapping_hr": build_mapping("hr", mc=TINY_CONFIG["mapping"]["mc"]),
+        "face_256": build_face_generator(ngf=FACE_NGF),
+        "face_512": build_face_generator(ngf=FACE_NGF),
     }
     states = {name: _perturbed(net, generator) for name, net in nets.items()}
     states["detector"] = {"model_state": _calibrated_detector(nets["detector"], states["detector"])}
-    out = {}
+    out = {"face_detection_yunet_2023mar.onnx": YUNET_MODEL.read_bytes()}
     for path, name in CHECKPOINT_FILES.items():
+        if name == "yunet":
+            continue
         buffer = io.BytesIO()
         torch.save(states[name], buffer)
         out[path] = buffer.getvalue()
@@ -86,11 +98,13 @@ def tiny_checkpoints() -> dict[str, bytes]:
 
 
 def manifest_tables(sources: dict[str, str]) -> str:
-    """The three oldphoto models with tiny configs; `sources` maps an official-layout path to its inline
-    table (a Hub or URL source)."""
+    """The three oldphoto models with tiny configs and the face-stage models (tiny generators, the real
+    YuNet); `sources` maps an official-layout path to its inline table (a Hub or URL source)."""
 
     def model(name: str, files: dict[str, str]) -> str:
         config = TINY_CONFIG_TOML.format(blocks="" if name == "oldphoto-hr" else ", n_blocks = 1")
+        if not name.startswith("oldphoto"):
+            config = ""
         lines = [f"[models.{name}]", 'task = "restore"', 'arch = "oldphoto"', 'description = "tiny"', config]
         lines += [f"files.{role} = {sources[path]}" for role, path in files.items()]
         return "\n".join(lines) + "\n"
@@ -107,6 +121,9 @@ def manifest_tables(sources: dict[str, str]) -> str:
                               "vae_a": "restoration/VAE_A_quality/latest_net_G.pth",
                               "mapping": "restoration/mapping_Patch_Attention/latest_net_mapping_net.pth",
                               "vae_b": "restoration/VAE_B_scratch/latest_net_G.pth"}),
+        model("face-enhance-256", {"generator": "Face_Enhancement/checkpoints/Setting_9_epoch_100/latest_net_G.pth"}),
+        model("face-enhance-512", {"generator": "Face_Enhancement/checkpoints/FaceSR_512/latest_net_G.pth"}),
+        model("face-detect-yunet", {"model": "face_detection_yunet_2023mar.onnx"}),
     ])
 
 

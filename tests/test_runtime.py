@@ -9,8 +9,9 @@ from imgforge.errors import ImgforgeError
 
 def test_auto_picks_an_available_device():
     device = runtime.select_device("auto")
-    expected = "cuda" if torch.cuda.is_available() else None
-    assert device.type == (expected or device.type)
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    assert device.type == expected
     assert runtime.select_device("CPU") == torch.device("cpu")
 
 

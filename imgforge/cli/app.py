@@ -60,15 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print_error(_one_line(exc))
         return exc.exit_code
-    except MemoryError:
-        if debug:
-            raise
-        print_error("out of memory; try a smaller --batch-size, a smaller image or --device cpu")
-        return 1
     except Exception as exc:  # a bug: still one line, with the way to see the traceback
         if debug:
             raise
-        print_error(f"internal error: {type(exc).__name__}: {_one_line(exc)} (set IMGFORGE_DEBUG=1 for the traceback)")
+        if _out_of_memory(exc):
+            print_error("out of memory; try a smaller --batch-size, a smaller image or --device cpu")
+        else:
+            print_error(f"internal error: {type(exc).__name__}: {_one_line(exc)} (set IMGFORGE_DEBUG=1 for the "
+                        "traceback)")
         return 1
     return 0
 
@@ -86,6 +85,12 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     detail = _one_line(exc) if exc.args else ""
     console.print(f"interrupted: {printable(detail)}" if detail else "interrupted", soft_wrap=True)
     return 130
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """MemoryError, or torch's allocator failing (a RuntimeError on the CPU, OutOfMemoryError on a GPU)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def _one_line(exc: BaseException) -> str:

@@ -40,6 +40,21 @@ def restore(
     stretch: Annotated[
         bool, typer.Option("--stretch/--no-stretch", help="The official min-max contrast stretch of the output.")
     ] = True,
+    faces: Annotated[
+        bool, typer.Option("--faces/--no-faces", help="Enhance the faces after the global stage (official stages "
+                           "2-4: detect, SPADE face generator, blend back).")
+    ] = True,
+    faces_only: Annotated[
+        bool, typer.Option("--faces-only", help="Only enhance the faces: skip scratch repair and the global stage.")
+    ] = False,
+    face_detector: Annotated[
+        str, typer.Option("--face-detector", help="yunet (OpenCV, built in) or dlib (the official detector; "
+                          "pip install 'imgforge[faces-dlib]'; its landmark model is not for commercial use).")
+    ] = "yunet",
+    save_faces: Annotated[
+        bool, typer.Option("--save-faces", help="Also write the faces, as found and as enhanced, beside the "
+                           "output (<name>_faces_aligned.png, <name>_faces_enhanced.png; side by side).")
+    ] = False,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Images handed to a worker at a time (restored one by one).")
     ] = 1,
@@ -58,13 +73,15 @@ def restore(
     workers: options.Workers = 1,
     gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
-    """Restore old photos: repair scratches, then reduce noise, blur and fading (Bringing Old Photos Back to
-    Life, global stage). Outputs keep the input's size, metadata and alpha; default name <name>_restored."""
+    """Restore old photos: repair scratches, reduce noise, blur and fading, then enhance the faces (Bringing Old
+    Photos Back to Life). Outputs keep the input's size, metadata and alpha; default name <name>_restored."""
     from ..pipelines.restore import restore as run_restore
 
     report = run_restore(
         inputs, output, scratches=scratches, mode=mode.lower(), hr=hr, mask=mask, mask_dilation=mask_dilation,
-        save_mask=save_mask, stretch=stretch, device=device, precision=precision, recursive=recursive,
+        save_mask=save_mask, stretch=stretch, faces=faces, faces_only=faces_only,
+        face_detector=face_detector.lower(), save_faces=save_faces, device=device, precision=precision,
+        recursive=recursive,
         suffix=suffix, output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json,
         offline=offline, weights_dir=weights_dir, batch_size=batch_size,
         engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .registry import Descriptor, Export, Family, check_overrides, parameter_count, register
 from .vae import load_official_weights
 
 SPADE_HIDDEN = 128  # SPADE's nhidden, fixed in the official code
@@ -143,11 +144,15 @@ def _upsample(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
+def is_face_generator(state_dict: dict) -> bool:
+    return "fc.weight" in state_dict and "head_0.conv_0.weight_orig" in state_dict and "conv_img.weight" in state_dict
+
+
 def detect(state_dict: dict) -> dict | None:
     """The constructor options of a face generator state dict ({"ngf": ...}), or None if it is not one."""
-    fc = state_dict.get("fc.weight")
-    if fc is None or "head_0.conv_0.weight_orig" not in state_dict or "conv_img.weight" not in state_dict:
+    if not is_face_generator(state_dict):
         return None
+    fc = state_dict["fc.weight"]
     if fc.shape[1] != 3:
         raise ModelError(f"this face generator reads a {fc.shape[1]}-channel label map (a parsing-map model); "
                          "imgforge runs the official no_parsing_map checkpoints")
@@ -164,3 +169,33 @@ def build_face_generator(state_dict: dict | None = None, **config) -> FaceSPADEG
     if state_dict is not None:
         load_official_weights(net, state_dict, "face generator")
     return net.eval()
+
+
+def load_face_weights(state_dict: dict, **overrides) -> FaceSPADEGenerator:
+    return build_face_generator(state_dict, **check_overrides("face_spade", detect(state_dict), overrides))
+
+
+def describe_face_generator(net: FaceSPADEGenerator, size: int = 256) -> Descriptor:
+    """`size`: the aligned face side the checkpoint was trained for (256 Setting_9_epoch_100, 512 FaceSR_512);
+    the export has a dynamic batch and that fixed side."""
+
+    def example_inputs(height: int, width: int) -> tuple[torch.Tensor, ...]:
+        return (torch.rand((1, 3, height, width), generator=torch.Generator().manual_seed(0)) * 2 - 1,)
+
+    io = {"face": f"N x 3 x {size} x {size} float32 in [-1, 1]: an aligned face, uint8 / 255, Normalize(0.5, 0.5)",
+          "enhanced": "N x 3 x S x S float32 in [-1, 1] (tanh); test_face.py saves ((g + 1) / 2) * 255 + 0.5 "
+                      "truncated"}
+    axes = {name: {0: "batch"} for name in ("face", "enhanced")}
+    return Descriptor(
+        family="face_spade", task="restore", in_channels=3, out_channels=3, size_multiple=LATENT_DIVISOR,
+        min_side=LATENT_DIVISOR, precisions=("fp32", "bf16", "fp16"), parameters=parameter_count(net),
+        hyperparameters={"ngf": net.ngf},
+        exports=(Export("face_generator", net, example_inputs, ("face",), ("enhanced",), axes, io),),
+        test_time="eval: running BatchNorm statistics, spectral norm from the stored u, v",
+    )
+
+
+register(Family(
+    "face_spade", "face_spade", "restore", "old-photo face enhancement (SPADE generator, no parsing map)",
+    detect=is_face_generator, load=load_face_weights, describe=describe_face_generator,
+))

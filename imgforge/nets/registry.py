@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ModelError
 
 # One line per network file that registers families (imported on first use of the registry).
-FAMILY_MODULES = ("pix2pix", "ddpm_unet", "scratch_unet", "vae", "mapping")
+FAMILY_MODULES = ("pix2pix", "ddpm_unet", "scratch_unet", "vae", "mapping", "face_spade")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,45 @@
-"""The face stage of old-photo restoration (the official run.py stages 2-4): detect faces on the restored
-photo, align each to the generator's size, enhance them in batches, blend them back."""
+"""The face stage of old-photo restoration (the official run.py stages 2-4) on one in-memory image: detect
+the faces, align each to the generator's size, enhance them in batches, blend them back in detection order.
+
+    detect   yunet (default) or dlib, see imgforge/faces/detect.py
+    align    five points -> similarity to the official template (scale 1.3) -> bilinear warp to S x S,
+             rounded (S = 256, or 512 with --hr: FaceSR_512 and the _HR scripts)
+    enhance  the SPADE generator on batches of FACE_BATCH faces; outputs rounded to 8 bits as test_face.py
+             writes them
+    blend    histogram match to the truncated aligned face, bicubic warp back, eroded and blurred mask
+A photo without faces passes through unchanged.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from .. import hub, manifest, runtime
+from ..checkpoint import load_state_dict
+from ..errors import ImgforgeError
+from ..faces import align
+from ..faces.detect import DETECTORS, DlibDetector, FaceDetector, YuNetDetector
+from ..nets import registry
+from ..progress import console
+
+GENERATORS = {256: "face-enhance-256", 512: "face-enhance-512"}
+DETECTOR_MODELS = {"yunet": "face-detect-yunet", "dlib": "face-landmarks-dlib"}
+FACE_BATCH = 4  # test_face.py --batchSize 4
+# where the official repository keeps each file, below its root or the checkpoints folder it lives in
+_OFFICIAL_FOLDERS = (".", "checkpoints", "Face_Enhancement/checkpoints", "Face_Detection")
+
+
+@dataclass
+class FaceCrop:
+    """One face as the stage saw it: aligned from the photo, and after the generator (uint8 S x S x 3)."""
+
+    aligned: np.ndarray
+    enhanced: np.ndarray
 
 
 def to_tensor(faces: list[np.ndarray]) -> torch.Tensor:
@@ -19,3 +54,62 @@ def to_uint8(generated: torch.Tensor) -> np.ndarray:
     clamped and truncated (i.e. rounded), in float32."""
     values = ((generated.float() + 1) / 2).mul_(255).add_(0.5).clamp_(0, 255)
     return values.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class FaceEnhancer:
+    """The detector and the generator of one face size, loaded once; `__call__` runs the stage on a photo."""
+
+    def __init__(self, *, size: int = 256, detector: str = "yunet", device: torch.device,
+                 dtype: torch.dtype = torch.float32, backend: str = "torch", offline: bool | None = None,
+                 weights_dir: Path | None = None, quiet: bool = False):
+        if detector not in DETECTORS:
+            raise ImgforgeError(f"unknown face detector {detector!r}: use {' or '.join(DETECTORS)}")
+        self.size = size
+        self.entry = manifest.get_model(GENERATORS[size])
+        folder = weights_dir or os.environ.get("IMGFORGE_WEIGHTS_DIR")
+        folder = Path(folder).expanduser() if folder else None
+        detector_entry = manifest.get_model(DETECTOR_MODELS[detector])
+        detector_file = fetch_face_file(detector_entry, next(iter(detector_entry.files)), folder, offline, quiet)
+        self.detector: FaceDetector = (DlibDetector if detector == "dlib" else YuNetDetector)(detector_file)
+        weights = load_state_dict(fetch_face_file(self.entry, "generator", folder, offline, quiet))
+        generator, family = registry.load(weights, "face_spade", **self.entry.config)
+        export = family.describe(generator, size=size).exports[0]
+        self.generator = runtime.make_runner(
+            generator, backend=backend, device=device, dtype=dtype, example_inputs=export.example_inputs(size, size),
+            input_names=export.input_names, dynamic_axes=export.dynamic_axes)
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceCrop]]:
+        """(the photo with its faces enhanced, uint8 H x W x 3; the faces in detection order)."""
+        placed, aligned = [], []
+        for face in self.detector.detect(image):
+            result = align.align(image, face.points5, self.size)
+            if result is not None:  # collinear points: nothing to align
+                placed.append(face.points5)
+                aligned.append(result[0])
+        if not aligned:
+            return image, []
+        enhanced = []
+        for first in range(0, len(aligned), FACE_BATCH):
+            enhanced.extend(to_uint8(self.generator(to_tensor(aligned[first:first + FACE_BATCH]))))
+        blended = align.blend(image, list(zip(placed, enhanced)), self.size)
+        return blended, [FaceCrop(a, e) for a, e in zip(aligned, enhanced)]
+
+
+def fetch_face_file(entry: manifest.ModelEntry, role: str, folder: Path | None, offline: bool | None,
+                    quiet: bool) -> Path:
+    """A face-stage file: from a weights folder laid out like the official repository (the folder may be the
+    repository, or one of its checkpoint folders, e.g. Face_Enhancement/checkpoints holding
+    Setting_9_epoch_100/latest_net_G.pth), else as hub.fetch_file finds or downloads it."""
+    source = entry.files[role]
+    if folder is not None:
+        parts = Path(source.path).parts
+        tail = Path(*parts[-2:]) if source.basename == "latest_net_G.pth" else Path(source.basename)
+        for base in (folder, folder.parent, folder.parent.parent):
+            for sub in _OFFICIAL_FOLDERS:
+                candidate = base / sub / tail
+                if candidate.is_file():
+                    hub.verify(entry, source, candidate)
+                    return candidate
+    if not quiet:
+        console.print(f"loading {entry.name}", markup=False, highlight=False)
+    return hub.fetch_file(entry, role, offline=offline, weights_dir=folder, quiet=quiet)

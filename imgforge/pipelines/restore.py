@@ -12,14 +12,14 @@ computation runs as a sequence of stages over one in-memory `Work` item (docs/re
                official save_image(normalize=True) min-max stretch and rounding to 8 bits
     finish     back to the input's size (bicubic), grey out for grey in, the input's alpha
 
-A face stage (detect, enhance, blend back on the global result, as the official stages 2-4) belongs between
-`global` and `finish`: `Restorer.stages()` is the one list to extend.
+    faces      detect, align, enhance and blend back the faces of the global result (the official stages 2-4,
+               imgforge/pipelines/faces.py); with faces_only the only stage before finish
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
@@ -39,6 +39,7 @@ from ..nets import registry
 from ..nets.mapping import mapping_kind
 from ..progress import console
 from ..storage import location
+from .faces import FaceCrop, FaceEnhancer
 
 MODELS = {"quality": "oldphoto-quality", "scratch": "oldphoto-scratch", "hr": "oldphoto-hr"}
 MODES = ("full", "scale")
@@ -48,6 +49,8 @@ SCALE_SHORT_SIDE = 256  # test.py `Scale` / detection.py `scale_256`
 HR_MASK_DILATION = 3  # test.py parameter_set with --HR
 MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
 MASK_OUTPUT = "_mask.png"  # --save-mask: <output stem>_mask.png beside each output
+# --save-faces: the aligned and the enhanced faces, side by side in detection order, beside each output
+FACE_OUTPUTS = ("_faces_aligned.png", "_faces_enhanced.png")
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Work:
 
     image: np.ndarray
     mask: np.ndarray | None = None
+    faces: list[FaceCrop] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class RestoreResult:
     pixels: np.ndarray  # uint8 H x W x 3 (H x W x 1 for a grey input), the input's size
     alpha: np.ndarray | None  # the input's alpha, unchanged
     mask: np.ndarray | None  # bool H x W at the input's size: the scratches restored (after dilation)
+    faces: list[FaceCrop] = field(default_factory=list)  # the faces enhanced, in detection order
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ class Settings:
     hr: bool = False
     mask_dilation: int | None = None  # None: 3 with hr, else 0
     stretch: bool = True
+    faces: bool = True
+    faces_only: bool = False
+    face_detector: str = "yunet"
 
     @property
     def kind(self) -> str:
@@ -85,6 +93,14 @@ class Settings:
         return HR_MASK_DILATION if self.hr else 0
 
     def check(self, *, has_mask: bool = False, save_mask: bool = False) -> None:
+        if self.faces_only:
+            if not self.faces:
+                raise ImgforgeError("--faces-only and --no-faces contradict each other")
+            for used, option in ((has_mask, "--mask"), (save_mask, "--save-mask"),
+                                 (self.mask_dilation is not None, "--mask-dilation")):
+                if used:
+                    raise ImgforgeError(f"{option} works on scratches; it cannot be combined with --faces-only")
+            return
         if self.mode not in MODES:
             raise ImgforgeError(f"unknown mode {self.mode!r}: use full or scale")
         if self.mask_dilation is not None and self.mask_dilation < 0:
@@ -111,6 +127,12 @@ class Restorer:
                  quiet: bool = False):
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
+        self.faces = None
+        if settings.faces_only:
+            self.settings = settings
+            self.faces = _face_enhancer(settings, self.device, self.dtype, offline, weights_dir, quiet)
+            self.entry = self.faces.entry
+            return
         self.entry = manifest.get_model(model or MODELS[settings.kind])
         if self.entry.task != "restore":
             raise ImgforgeError(f"model '{self.entry.name}' is a {self.entry.task} model, not a restore model")
@@ -129,6 +151,8 @@ class Restorer:
             raise ImgforgeError(f"model '{self.entry.name}' has a {kind} mapping"
                                 f"{'' if self.detector else ' and no detector'}; it cannot restore {settings.kind}")
         self.settings = settings
+        if settings.faces:
+            self.faces = _face_enhancer(settings, self.device, self.dtype, offline, weights_dir, quiet)
 
     def _load(self, role: str, path: Path) -> torch.nn.Module:
         family, config_key = ROLES[role]
@@ -139,10 +163,13 @@ class Restorer:
         return net
 
     def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
+        face_stage = [self.enhance_faces] if self.faces else []
+        if self.settings.faces_only:
+            return face_stage
         if not self.settings.scratches:
-            return [self.prepare_quality, self.restore_global]
+            return [self.prepare_quality, self.restore_global, *face_stage]
         find_mask = self.detect_scratches if given_mask is None else _mask_stage(given_mask)
-        return [self.prepare_scratch, find_mask, self.dilate, self.restore_global]
+        return [self.prepare_scratch, find_mask, self.dilate, self.restore_global, *face_stage]
 
     def run(self, picture: Picture, given_mask: np.ndarray | None = None) -> RestoreResult:
         if min(picture.width, picture.height) < MIN_SIDE:
@@ -202,21 +229,28 @@ class Restorer:
             generated = self.vae_b.decode(mapped).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
+    def enhance_faces(self, work: Work) -> Work:
+        image, faces = self.faces(work.image)
+        return replace(work, image=image, faces=faces)
+
 
 def load_model(name: str, **options) -> Restorer:
-    """A restore model of the zoo by name, its kind (quality, scratch, HR) read from its networks; options go
-    to Restorer (device=, precision=, offline=, weights_dir=, quiet=)."""
-    return Restorer(Settings(), model=name, **options)
+    """A restore model of the zoo by name (its global networks; the face stage's models are zoo entries of their
+    own), its kind (quality, scratch, HR) read from its networks; options go to Restorer (device=, precision=,
+    offline=, weights_dir=, quiet=)."""
+    return Restorer(Settings(faces=False), model=name, **options)
 
 
 def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
-                  stretch: bool = True, device: str = "auto", precision: str = "fp32", offline: bool | None = None,
+                  stretch: bool = True, faces: bool = True, faces_only: bool = False, face_detector: str = "yunet",
+                  device: str = "auto", precision: str = "fp32", offline: bool | None = None,
                   weights_dir: Path | None = None, quiet: bool = True) -> RestoreResult:
     """Restore one image in memory: a Picture or an array (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]).
-    `mask`: a Picture or array of the image's size, scratches white/True. Loads the networks on each call;
-    restore() loads them once for many files."""
-    settings = Settings(scratches, mode, hr, mask_dilation, stretch)
+    `mask`: a Picture or array of the image's size, scratches white/True. `faces`: enhance the faces after the
+    global stage (`faces_only`: instead of it). Loads the networks on each call; restore() loads them once
+    for many files."""
+    settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
     settings.check(has_mask=mask is not None)
     picture = picture_or_array if isinstance(picture_or_array, Picture) else _picture_from_array(picture_or_array)
     restorer = Restorer(settings, device=device, precision=precision, offline=offline, weights_dir=weights_dir,
@@ -226,7 +260,8 @@ def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = T
 
 def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None, *,
             scratches: bool = True, mode: str = "full", hr: bool = False, mask: str | os.PathLike | None = None,
-            mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, device: str = "auto",
+            mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, faces: bool = True,
+            faces_only: bool = False, face_detector: str = "yunet", save_faces: bool = False, device: str = "auto",
             precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
             weights_dir: str | os.PathLike | None = None, batch_size: int = 1,
@@ -234,9 +269,13 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     """Restore image files (files, folders, globs; local or s3://) into `output` (a file for one input, else a
     folder; default: beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a
     folder of masks named like the inputs. With save_mask, the scratch mask is written beside each output as
-    <name>_mask.png. `engine`: local (default) or ray, see imgforge.engine; batch_size: images handed to a
-    worker at a time (they are restored one by one)."""
-    settings = Settings(scratches, mode, hr, mask_dilation, stretch)
+    <name>_mask.png; with save_faces, the faces as found and as enhanced as <name>_faces_aligned.png and
+    <name>_faces_enhanced.png (side by side in detection order; not written for a photo without faces).
+    `engine`: local (default) or ray, see imgforge.engine; batch_size: images handed to a worker at a time
+    (they are restored one by one)."""
+    settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
+    if save_faces and not faces:
+        raise ImgforgeError("--save-faces needs the face stage; it cannot be combined with --no-faces")
     settings.check(has_mask=mask is not None, save_mask=save_mask)
     if batch_size < 1:
         raise ImgforgeError("--batch-size must be at least 1")
@@ -245,13 +284,13 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     given_masks = _mask_files(location(mask)) if mask is not None else []
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
                      extension=output_format, default_suffix="_restored",
-                     side_suffixes=[MASK_OUTPUT] if save_mask else [], also_read=given_masks)
+                     side_suffixes=[MASK_OUTPUT] * save_mask + [*FACE_OUTPUTS] * save_faces, also_read=given_masks)
     if mask is not None:
         find_mask = _mask_finder(location(mask), len(jobs))
         jobs = [replace(job, options=_mask_option(find_mask, job.source)) for job in jobs]
     task = RestoreTask(settings, device=device, precision=precision, offline=offline,
                        weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet,
-                       save_mask=save_mask, batch_size=batch_size)
+                       save_mask=save_mask, save_faces=save_faces, batch_size=batch_size)
     return execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json)
 
 
@@ -266,6 +305,7 @@ class RestoreTask:
     weights_dir: Path | None
     quiet: bool
     save_mask: bool
+    save_faces: bool
     batch_size: int = 1
     label: str = "restoring"
 
@@ -294,6 +334,12 @@ class RestoreWorker:
 
     def save(self, job: Job, item: tuple[Picture, np.ndarray | None], result: RestoreResult) -> dict:
         record = {"model": self.restorer.entry.name, "mode": self.task.settings.mode}
+        if self.restorer.faces is not None:
+            record["faces"] = len(result.faces)
+        if self.task.save_faces and result.faces:  # before the output, as the mask
+            for suffix, crops in zip(FACE_OUTPUTS, zip(*((face.aligned, face.enhanced) for face in result.faces))):
+                imageio.write_image(job.side_output(suffix), np.concatenate(crops, axis=1))
+            record["face_files"] = [str(job.side_output(suffix)) for suffix in FACE_OUTPUTS]
         if result.mask is not None:
             record["scratch_fraction"] = round(float(result.mask.mean()), 6)
         if self.task.save_mask and result.mask is not None:  # before the output: an existing output implies its mask
@@ -335,6 +381,13 @@ def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: Path |
         lookup = _official_layout_folder(Path(folder).expanduser(), source) if folder else None
         paths[role] = hub.fetch_file(entry, role, offline=offline, weights_dir=lookup, quiet=quiet)
     return paths
+
+
+def _face_enhancer(settings: Settings, device: torch.device, dtype: torch.dtype, offline: bool | None,
+                   weights_dir: Path | None, quiet: bool) -> FaceEnhancer:
+    """The face stage: 512 px faces (FaceSR_512, the _HR scripts) with --hr, else 256 px."""
+    return FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, device=device,
+                        dtype=dtype, offline=offline, weights_dir=weights_dir, quiet=quiet)
 
 
 def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
@@ -447,7 +500,7 @@ def _finish(work: Work, picture: Picture) -> RestoreResult:
     mask = None
     if work.mask is not None:
         mask = cv2.resize(work.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    return RestoreResult(pixels=pixels, alpha=picture.alpha, mask=mask)
+    return RestoreResult(pixels=pixels, alpha=picture.alpha, mask=mask, faces=work.faces)
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:

@@ -64,6 +64,7 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
     scheduler/ sub-folders."""
     name, (config_path, scheduler_path, weights_path) = _model_files(model, offline, weights_dir, quiet)
     unet_config = _read_json(config_path)
+    _check_sample_size(unet_config.get("sample_size"), config_path)
     schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
     unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
     return DiffusionModel(name, unet, schedule)
@@ -141,6 +142,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
         raise ImgforgeError(f"unknown sampler {sampler!r}: use {', '.join(SAMPLERS)}")
     if steps < 1 or batch_size < 1:
         raise ImgforgeError(f"--steps and --batch-size must be at least 1, not {steps} and {batch_size}")
+    runtime.check_backend(backend)
     engine = engine_options(engine)
     folder = location(output) if output is not None else None
     grid_path = location(grid) if grid is not None else None
@@ -154,6 +156,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     # the files now, so that a missing model fails before any worker starts; the grid needs the image size
     _, (config_path, _, _) = _model_files(model, offline, weights_dir, quiet)
     config = _read_json(config_path)
+    _check_sample_size(config.get("sample_size"), config_path)
     shape = _image_shape(config.get("sample_size"), config.get("in_channels", 3))
     keep: dict[int, np.ndarray] | None = {} if folder is None else None
     task = SampleTask(model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing, device=device,
@@ -320,6 +323,22 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read {path} as JSON: {' '.join(str(exc).split())}") from None
+
+
+def _check_sample_size(size: object, config_path: Path) -> None:
+    """sample_size, the side (or [height, width]) of the images drawn: positive, and within the pixel limit
+    every image imgforge handles obeys (IMGFORGE_MAX_PIXELS)."""
+    from ..imageio import max_pixels
+
+    if size is None:
+        return
+    sides = size if isinstance(size, list) and len(size) == 2 else [size, size]
+    if not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides):
+        raise ModelError(f"{config_path}: sample_size must be a positive whole number of pixels or a [height, width] "
+                         f"pair, not {json.dumps(size)}")
+    if sides[0] * sides[1] > max_pixels():
+        raise ModelError(f"{config_path}: sample_size {json.dumps(size)} makes images of {sides[0] * sides[1]} "
+                         f"pixels, over the limit of {max_pixels()} (IMGFORGE_MAX_PIXELS)")
 
 
 def _as_sample(pixels: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.ndarray:

@@ -237,6 +237,7 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
         raise ImgforgeError(f"unknown direction {direction!r}: use AtoB or BtoA")
     if batch_size < 1:
         raise ImgforgeError("--batch-size must be at least 1")
+    runtime.check_backend(backend)
     engine = engine_options(engine)
     sources = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
     jobs = plan_jobs(sources, None if output is None else os.fspath(output), recursive=recursive, suffix=suffix,
