@@ -258,7 +258,7 @@ def test_a_run_wide_error_inside_the_batch_stops_it(here):
 
     jobs = [Job(here / "a", here / "out" / "a"), Job(here / "b", here / "out" / "b")]
     with pytest.raises(RunWideError):
-        run_batch(jobs, load=lambda job: job, compute=compute, save=lambda *_: None, quiet=True)
+        run(jobs, load=lambda job: job, compute=compute, save=lambda *_: None, quiet=True)
 
 
 def _conv():
