@@ -434,3 +434,72 @@ def test_manifest_errors_keep_the_table_name(here, capfd, monkeypatch):
     assert main(["models", "list"]) == 1
     (line,) = stderr_lines(capfd)
     assert line.startswith(f"error: {here / 'unknownkey.toml'}: [models.t1]: unknown key(s) foo; allowed: ")
+
+
+# ---- 12. --help reads well at 80 and 120 columns ------------------------------------------------------------
+
+COMMANDS = [[], ["translate"], ["restore"], ["sample"], ["models"], ["models", "list"], ["models", "pull"],
+            ["models", "verify"], ["models", "path"]]
+
+
+def help_text(command: list[str], columns: int, capsys, monkeypatch) -> list[str]:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main([*command, "--help"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def paragraphs(lines: list[str]) -> list[list[str]]:
+    """The description paragraphs: the lines between the usage line and the first section heading."""
+    found, current = [], []
+    for line in lines[1:]:
+        if line.endswith(":") and not line.startswith(" "):
+            break
+        if line.strip():
+            current.append(line)
+        elif current:
+            found.append(current)
+            current = []
+    return found + ([current] if current else [])
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "imgforge")
+def test_help_is_wrapped_to_the_terminal_without_placeholders(command, columns, capsys, monkeypatch):
+    lines = help_text(command, columns, capsys, monkeypatch)
+    width = min(columns, 120) - 2  # Click's margin
+    assert all(len(line) <= width for line in lines)
+    for paragraph in paragraphs(lines):  # a line ends early only where the next word would not fit
+        for line, following in zip(paragraph, paragraph[1:]):
+            assert len(line) + 1 + len(following.split()[0]) > width, (line, following)
+    options = [line for line in lines if line.lstrip().startswith("-")]
+    assert options and not any(placeholder in line for line in options
+                               for placeholder in ("<bool>", "<str>", "<int", "<path>", "<float"))
+
+
+def test_the_command_list_gives_whole_first_sentences(capsys, monkeypatch):
+    lines = help_text([], 120, capsys, monkeypatch)
+    commands = {line.split()[0]: line.split(None, 1)[1] for line in lines[lines.index("Commands:") + 1:] if line}
+    assert {"restore", "sample", "translate", "models"} <= set(commands)
+    for command, summary in commands.items():  # a whole sentence, not cut at "et al." nor shortened with "..."
+        assert summary.endswith(".") and not summary.endswith("..."), (command, summary)
+    assert commands["sample"] == "Generate images with DDPM, from the official checkpoints or your own diffusers model."
+
+
+# ---- 13. a CPU-only install ---------------------------------------------------------------------------------
+
+
+def test_the_cpu_build_of_torch_meets_the_requirement_and_the_readme_says_how():
+    import tomllib
+
+    import torch
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [Requirement(text) for text in project["dependencies"]]
+    (torch_requirement,) = [r for r in requirements if r.name == "torch"]
+    # pip keeps an installed CPU build (a +cpu local version) only if the requirement accepts it
+    for version in ("2.4.0+cpu", "2.6.0+cpu", torch.__version__):
+        assert torch_requirement.specifier.contains(version), version
+    assert not [r.name for r in requirements if r.name.startswith(("nvidia", "triton", "cuda"))]
+    readme = (REPO / "README.md").read_text()
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme

@@ -18,6 +18,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain Click help: paragraphs re-wrapped to the terminal (up to 120 columns), no type placeholders, no markup
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 
 

@@ -29,7 +29,8 @@ Names = Annotated[
 
 @models_app.command("list")
 def list_models(
-    task: Annotated[Optional[str], typer.Option("--task", help="Only this task: translate, restore or sample.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", metavar="TASK",
+                                                help="Only this task: translate, restore or sample.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON array (one object per model).")] = False,
     weights_dir: WeightsDir = None,
 ) -> None:
@@ -103,7 +104,8 @@ def verify(
 @models_app.command("path")
 def path_command(
     name: Annotated[str, typer.Argument(help="Model name.", show_default=False)],
-    role: Annotated[Optional[str], typer.Option("--role", help="Only this file (e.g. weights, generator).")] = None,
+    role: Annotated[Optional[str], typer.Option("--role", metavar="ROLE",
+                                                help="Only this file (e.g. weights, generator).")] = None,
     weights_dir: WeightsDir = None,
 ) -> None:
     """Print the local paths of a model's cached files (`role<TAB>path`, or just the path with --role)."""

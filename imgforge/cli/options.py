@@ -15,16 +15,20 @@ from ..progress import console
 if TYPE_CHECKING:  # the engine pulls in OpenCV and Pillow, which commands that do not read images need not load
     from ..engine import BatchReport, EngineOptions
 
-Inputs = Annotated[List[str], typer.Argument(help="Input images, folders or glob patterns.", show_default=False)]
+Inputs = Annotated[List[str], typer.Argument(help="Input images, folders or glob patterns.", metavar="INPUT",
+                                             show_default=False)]
 Output = Annotated[
     Optional[str],
-    typer.Option("-o", "--output", help="Output file (one input) or folder (several inputs).", show_default=False),
+    typer.Option("-o", "--output", metavar="PATH", show_default=False,
+                 help="Output file (one input) or folder (several inputs; a trailing / always means a folder)."),
 ]
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of input folders.")]
-Suffix = Annotated[str, typer.Option("--suffix", help="Appended to each output file's stem, e.g. '_restored'.")]
+Suffix = Annotated[str, typer.Option("--suffix", metavar="TEXT",
+                                     help="Appended to each output file's stem, e.g. '_restored'.")]
 OutputFormat = Annotated[
     Optional[str],
-    typer.Option("--format", help="Output file extension (png, jpg, webp, tif); default: keep the input's."),
+    typer.Option("--format", metavar="EXT",
+                 help="Output file extension (png, jpg, webp, tif); default: keep the input's."),
 ]
 SkipExisting = Annotated[
     bool, typer.Option("--skip-existing", help="Skip inputs whose output exists (resume an interrupted run).")
@@ -33,9 +37,11 @@ JsonReport = Annotated[
     bool, typer.Option("--json", help="Write one JSON object per input on stdout, then a summary object.")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; errors only.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-Precision = Annotated[str, typer.Option("--precision", help="fp32 (default), bf16, or fp16 (GPU only).")]
-Backend = Annotated[str, typer.Option("--backend", help="torch, or onnx (exported once, run with onnxruntime).")]
+Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
+Precision = Annotated[str, typer.Option("--precision", metavar="NAME",
+                                        help="fp32 (default), bf16, or fp16 (GPU only).")]
+Backend = Annotated[str, typer.Option("--backend", metavar="NAME",
+                                      help="torch, or onnx (exported once, run with onnxruntime).")]
 Offline = Annotated[
     bool, typer.Option("--offline", help="Never touch the network: use cached or local weights (also HF_HUB_OFFLINE=1).")
 ]
@@ -43,26 +49,30 @@ WeightsDir = Annotated[
     Optional[Path],
     typer.Option(
         "--weights-dir",
+        metavar="DIR",
         help="Folder holding the weights files (also IMGFORGE_WEIGHTS_DIR); looked up before the cache.",
         show_default=False,
     ),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (and per Ray batch).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, metavar="N",
+                                        help="Images per forward pass (and per Ray batch).")]
 Engine = Annotated[
     Optional[str],
-    typer.Option("--engine", help="local (default), or ray: a pool of Ray workers (also IMGFORGE_ENGINE).",
-                 show_default=False),
+    typer.Option("--engine", metavar="local|ray", show_default=False,
+                 help="local (default), or ray: a pool of Ray workers (also IMGFORGE_ENGINE)."),
 ]
 RayAddress = Annotated[
     Optional[str],
-    typer.Option("--ray-address", help="The Ray cluster for --engine ray (default: RAY_ADDRESS, else a Ray "
-                 "started on this machine).", show_default=False),
+    typer.Option("--ray-address", metavar="ADDR", show_default=False,
+                 help="The Ray cluster for --engine ray (default: RAY_ADDRESS, else a Ray started on this machine)."),
 ]
-Workers = Annotated[int, typer.Option("--workers", min=1, help="Ray workers (actors), each loading the networks once.")]
+Workers = Annotated[int, typer.Option("--workers", min=1, metavar="N",
+                                      help="Ray workers (actors), each loading the networks once.")]
 GpusPerWorker = Annotated[
-    float, typer.Option("--gpus-per-worker", min=0.0, help="GPUs each Ray worker reserves; 0.5 lets two share one.")
+    float, typer.Option("--gpus-per-worker", min=0.0, metavar="G",
+                        help="GPUs each Ray worker reserves; 0.5 lets two share one.")
 ]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed, for reproducible results.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Random seed, for reproducible results.")]
 
 
 def engine_choice(engine: str | None, ray_address: str | None, workers: int,

@@ -19,19 +19,22 @@ def restore(
         bool, typer.Option("--scratches/--no-scratches", help="Detect and repair scratches, or only fix quality.")
     ] = True,
     mode: Annotated[
-        str, typer.Option("--mode", help="full: work at the photo's size; scale: at a shorter side of 256 px.")
+        str, typer.Option("--mode", metavar="full|scale",
+                          help="full: work at the photo's size; scale: at a shorter side of 256 px.")
     ] = "full",
     hr: Annotated[
         bool, typer.Option("--hr", help="High-resolution scratched photos: the patch-attention mapping model.")
     ] = False,
     mask: Annotated[
         Optional[Path],
-        typer.Option("--mask", help="Scratch mask (white = scratch) instead of detection: a file, or a folder of "
+        typer.Option("--mask", metavar="PATH",
+                     help="Scratch mask (white = scratch) instead of detection: a file, or a folder of "
                      "masks named like the inputs.", show_default=False),
     ] = None,
     mask_dilation: Annotated[
         Optional[int],
-        typer.Option("--mask-dilation", min=0, help="Grow the mask by this many 3x3 dilations (default: 3 with "
+        typer.Option("--mask-dilation", metavar="N",
+                     min=0, help="Grow the mask by this many 3x3 dilations (default: 3 with "
                      "--hr, else 0).", show_default=False),
     ] = None,
     save_mask: Annotated[
@@ -48,7 +51,8 @@ def restore(
         bool, typer.Option("--faces-only", help="Only enhance the faces: skip scratch repair and the global stage.")
     ] = False,
     face_detector: Annotated[
-        str, typer.Option("--face-detector", help="yunet (OpenCV, built in) or dlib (the official detector; "
+        str, typer.Option("--face-detector", metavar="NAME",
+                          help="yunet (OpenCV, built in) or dlib (the official detector; "
                           "pip install 'imgforge[faces-dlib]'; its landmark model is not for commercial use).")
     ] = "yunet",
     save_faces: Annotated[
@@ -73,8 +77,10 @@ def restore(
     workers: options.Workers = 1,
     gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
-    """Restore old photos: repair scratches, reduce noise, blur and fading, then enhance the faces (Bringing Old
-    Photos Back to Life). Outputs keep the input's size, metadata and alpha; default name <name>_restored."""
+    """Restore old photos: repair scratches, reduce noise, blur and fading, then enhance the faces.
+
+    Bringing Old Photos Back to Life. Outputs keep the input's size, metadata and alpha; default name
+    <name>_restored."""
     from ..pipelines.restore import restore as run_restore
 
     report = run_restore(

@@ -18,26 +18,31 @@ def translate(
     output: options.Output = None,
     model: Annotated[
         Optional[str],
-        typer.Option("--model", "-m", help="A zoo model, e.g. pix2pix-facades-label2photo or cyclegan-horse2zebra "
+        typer.Option("--model", "-m", metavar="NAME",
+                     help="A zoo model, e.g. pix2pix-facades-label2photo or cyclegan-horse2zebra "
                      "(imgforge models list --task translate).", show_default=False),
     ] = None,
     checkpoint: Annotated[
         Optional[Path],
-        typer.Option("--checkpoint", help="Your own generator weights (the official latest_net_G.pth); its "
+        typer.Option("--checkpoint", metavar="FILE",
+                     help="Your own generator weights (the official latest_net_G.pth); its "
                      "architecture is read from the weights.", show_default=False),
     ] = None,
     netG: Annotated[
         Optional[str],
-        typer.Option("--netG", help="unet_256, unet_128, resnet_9blocks or resnet_6blocks (default: from the "
+        typer.Option("--netG", metavar="NAME",
+                     help="unet_256, unet_128, resnet_9blocks or resnet_6blocks (default: from the "
                      "weights).", show_default=False),
     ] = None,
     norm: Annotated[
         Optional[str],
-        typer.Option("--norm", help="batch, instance or none (default: from the weights).", show_default=False),
+        typer.Option("--norm", metavar="NAME",
+                     help="batch, instance or none (default: from the weights).", show_default=False),
     ] = None,
     ngf: Annotated[
         Optional[int],
-        typer.Option("--ngf", min=1, help="Generator filters in the first layer (default: from the weights).",
+        typer.Option("--ngf", metavar="N",
+                     min=1, help="Generator filters in the first layer (default: from the weights).",
                      show_default=False),
     ] = None,
     no_dropout: Annotated[
@@ -48,12 +53,14 @@ def translate(
     ] = False,
     direction: Annotated[
         Optional[str],
-        typer.Option("--direction", help="With --aligned: AtoB feeds the left half, BtoA the right (default: the "
+        typer.Option("--direction", metavar="AtoB|BtoA",
+                     help="With --aligned: AtoB feeds the left half, BtoA the right (default: the "
                      "model's, else AtoB).", show_default=False),
     ] = None,
     size: Annotated[
         Optional[str],
-        typer.Option("--size", help="Process at N x N (a multiple of the network's stride; official: 256), or "
+        typer.Option("--size", metavar="N|native",
+                     help="Process at N x N (a multiple of the network's stride; official: 256), or "
                      "'native' (resnet generators: the image's own size). The output keeps the input's size.",
                      show_default=False),
     ] = None,
@@ -81,9 +88,11 @@ def translate(
     workers: options.Workers = 1,
     gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
-    """Translate images with pix2pix or CycleGAN. Test-time behaviour is the official test.py's (BatchNorm on
-    each image's statistics, dropout on; --seed makes it reproducible) unless --eval or --no-dropout. Outputs
-    keep the input's size, metadata and alpha; default name <name>_translated."""
+    """Translate images with pix2pix or CycleGAN.
+
+    Test-time behaviour is the official test.py's (BatchNorm on each image's statistics, dropout on; --seed
+    makes it reproducible) unless --eval or --no-dropout. Outputs keep the input's size, metadata and alpha;
+    default name <name>_translated."""
     from ..pipelines.translate import translate as run_translate
 
     mode = "eval" if eval_mode else "no-dropout" if no_dropout else "official"
