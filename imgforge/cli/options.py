@@ -64,7 +64,8 @@ Engine = Annotated[
 RayAddress = Annotated[
     Optional[str],
     typer.Option("--ray-address", metavar="ADDR", show_default=False,
-                 help="The Ray cluster for --engine ray (default: RAY_ADDRESS, else a Ray started on this machine)."),
+                 help="The Ray cluster for --engine ray (default: RAY_ADDRESS, else a Ray started on this "
+                 "machine)."),
 ]
 Workers = Annotated[int, typer.Option("--workers", min=1, metavar="N",
                                       help="Ray workers (actors), each loading the networks once.")]

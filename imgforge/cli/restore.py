@@ -60,7 +60,8 @@ def restore(
                            "output (<name>_faces_aligned.png, <name>_faces_enhanced.png; side by side).")
     ] = False,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Images handed to a worker at a time (restored one by one).")
+        int, typer.Option("--batch-size", min=1, metavar="N",
+                          help="Images handed to a worker at a time (restored one by one).")
     ] = 1,
     recursive: options.Recursive = False,
     suffix: options.Suffix = "",
