@@ -14,10 +14,12 @@ import hashlib
 import importlib
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
+import numpy as np
 import torch
 
+from . import __version__
 from .errors import ImgforgeError, RunWideError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -114,19 +116,43 @@ class TorchRunner:
         return out.float()
 
 
-def _onnx_cache_dir() -> Path:
+def onnx_cache_dir() -> Path:
     root = os.environ.get("IMGFORGE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgforge"
     )
     return Path(root) / "onnx"
 
 
-def _module_fingerprint(module: torch.nn.Module, extra: str) -> str:
-    digest = hashlib.sha256(extra.encode())
-    for name, tensor in module.state_dict().items():
+def graph_key(export, precision: str) -> str:
+    """What a cached graph depends on: the weights (every tensor of the exported module, buffers too, so a
+    test-time mode kept in a buffer counts), the export's names, axes and size rule (the side a fixed-size
+    graph is traced at), precision, opset and versions. Never a batch or image size: graphs are dynamic in both
+    wherever the network allows."""
+    from .export import OPSET
+
+    digest = hashlib.sha256(repr((export.name, type(export.module).__name__, export.input_names, export.output_names,
+                                  export.dynamic_axes, export.size_multiple, export.min_side, precision, OPSET,
+                                  __version__, torch.__version__)).encode())
+    for name, tensor in export.module.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def onnx_providers(device: torch.device) -> list:
+    """TensorRT when asked for (IMGFORGE_TENSORRT=1) and installed, then CUDA on a CUDA device, then the CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers: list = []
+    if device.type == "cuda":
+        options = {"device_id": device.index or 0}
+        if os.environ.get("IMGFORGE_TENSORRT") == "1" and "TensorrtExecutionProvider" in available:
+            cache = str(onnx_cache_dir() / "tensorrt")
+            providers.append(("TensorrtExecutionProvider", {**options, "trt_engine_cache_enable": True,
+                                                             "trt_engine_cache_path": cache}))
+        providers.append(("CUDAExecutionProvider", options))
+    return providers + ["CPUExecutionProvider"]
 
 
 def check_backend(backend: str) -> None:
@@ -148,105 +174,106 @@ def _first_line(exc: BaseException) -> str:
 
 
 class OnnxRunner:
-    """Exports the module once (cached by a hash of its weights and the call signature), then runs it with
-    ONNX Runtime. Reports the provider that actually runs: onnxruntime falls back to the CPU silently."""
+    """An ONNX Runtime session over one graph file, called with torch tensors like a module. On a CUDA device
+    inputs and outputs stay on the GPU (IO binding, no host copies). Reports the provider that actually
+    runs: onnxruntime falls back to the CPU silently, so asking for CUDA and not getting it is an error."""
 
     backend = "onnx"
 
-    def __init__(
-        self,
-        module: torch.nn.Module,
-        example_inputs: Sequence[torch.Tensor],
-        device: torch.device,
-        input_names: Sequence[str],
-        dynamic_axes: dict[str, dict[int, str]] | None = None,
-    ):
-        check_backend("onnx")
-        import onnxruntime as ort
-
+    def __init__(self, graph: Path, device: torch.device, output_names=None):
+        ort = importlib.import_module("onnxruntime")
         self.device = device
-        self.input_names = list(input_names)
-        signature = repr([(tuple(x.shape), str(x.dtype)) for x in example_inputs]) + repr(dynamic_axes)
-        path = _onnx_cache_dir() / f"{type(module).__name__}-{_module_fingerprint(module, signature)}.onnx"
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        cached = path.exists()
-        for attempt in ("cached", "exported") if cached else ("exported",):
-            if attempt == "exported":
-                self._export(on_device(module, torch.device("cpu")).eval(), [x.cpu() for x in example_inputs], path,
-                             dynamic_axes)
-            try:
-                self.session = ort.InferenceSession(str(path), ort.SessionOptions(), providers=providers)
-                break
-            except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
-                if attempt == "exported":
-                    raise RunWideError(f"onnxruntime cannot load the graph exported to {path}: "
-                                       f"{_first_line(exc)}") from None
-                path.unlink(missing_ok=True)  # a damaged cached graph (a full disk, a killed copy): export again
-        if device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # no warnings about unused initialisers and the like on stderr
+        self.session = ort.InferenceSession(str(graph), options, providers=onnx_providers(device))
+        if device.type == "cuda" and self.session.get_providers()[0] == "CPUExecutionProvider":
             raise RunWideError(
                 "onnxruntime could not use CUDA (is onnxruntime-gpu installed, without plain onnxruntime, "
                 "and are the CUDA libraries found?); use --device cpu or --backend torch"
             )
-
-    def _export(self, module, example_inputs, path: Path, dynamic_axes) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunWideError(f"cannot create the ONNX graph cache {path.parent} (set IMGFORGE_CACHE to a "
-                               f"writable folder): {exc.strerror or _first_line(exc)}") from None
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            with torch.no_grad():
-                torch.onnx.export(
-                    module,
-                    tuple(example_inputs),
-                    str(tmp),
-                    input_names=self.input_names,
-                    output_names=["output"],
-                    dynamic_axes=dynamic_axes,
-                    opset_version=17,
-                    dynamo=False,
-                )
-            os.replace(tmp, path)
-        except Exception as exc:  # an export that fails once fails for every image
-            reason = getattr(exc, "strerror", None) or _first_line(exc)
-            raise RunWideError(f"cannot export {type(module).__name__} to the ONNX graph {path}: {reason}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = list(output_names or [o.name for o in self.session.get_outputs()])
 
     @property
     def provider(self) -> str:
         return f"onnxruntime:{self.session.get_providers()[0]}"
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        feeds = {
-            n: (x.detach().cpu().float() if x.is_floating_point() else x.detach().cpu()).numpy()
-            for n, x in zip(self.input_names, inputs)
-        }
-        (out,) = self.session.run(["output"], feeds)
-        return torch.from_numpy(out)
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.device.type == "cuda":
+            outputs = self._run_bound(inputs)
+        else:
+            feeds = {name: x.detach().float().cpu().numpy() for name, x in zip(self.input_names, inputs)}
+            outputs = [torch.from_numpy(out) for out in self.session.run(self.output_names, feeds)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _run_bound(self, inputs) -> list[torch.Tensor]:
+        binding = self.session.io_binding()
+        kept = [x.detach().to(self.device, torch.float32).contiguous() for x in inputs]  # alive until run ends
+        for name, x in zip(self.input_names, kept):
+            binding.bind_input(name, "cuda", self.device.index or 0, np.float32, tuple(x.shape), x.data_ptr())
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", self.device.index or 0)
+        self.session.run_with_iobinding(binding)
+        return [torch.from_dlpack(value._ortvalue) for value in binding.get_outputs()]
+
+
+def onnx_runner(export, device: torch.device, precision: str = "fp32") -> OnnxRunner:
+    """The runner of a registry Export: its graph exported once into the cache (keyed by graph_key), then run
+    by ONNX Runtime. A cached graph that cannot be loaded (a full disk, a killed copy) is exported again; every
+    failure here is a RunWideError, which stops a batch before its first image."""
+    from .export import export_graph
+
+    check_backend("onnx")
+    if precision == "fp16" and device.type != "cuda":
+        raise RunWideError("fp16 ONNX graphs run on a CUDA device only; use --precision fp32 on the CPU")
+    if precision not in ("fp32", "fp16"):
+        raise RunWideError(f"--backend onnx runs fp32 or fp16 (GPU) graphs, not {precision}")
+    path = onnx_cache_dir() / f"{export.name}-{precision}-{graph_key(export, precision)}.onnx"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunWideError(f"cannot create the ONNX graph cache {path.parent} (set IMGFORGE_CACHE to a "
+                           f"writable folder): {exc.strerror or _first_line(exc)}") from None
+    if path.exists():
+        try:
+            return OnnxRunner(path, device, export.output_names)
+        except ImgforgeError:
+            raise
+        except Exception:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...): a damaged graph
+            path.unlink(missing_ok=True)
+    try:
+        export_graph(export, path, precision=precision)
+    except ImgforgeError:
+        raise
+    except Exception as exc:  # an export that fails once fails for every image
+        raise RunWideError(f"cannot export {export.name} to the ONNX graph {path}: "
+                           f"{getattr(exc, 'strerror', None) or _first_line(exc)}") from None
+    try:
+        return OnnxRunner(path, device, export.output_names)
+    except ImgforgeError:
+        raise
+    except Exception as exc:
+        raise RunWideError(f"onnxruntime cannot load the graph exported to {path}: {_first_line(exc)}") from None
 
 
 Runner = Callable[..., torch.Tensor]
 
 
-def make_runner(
-    module: torch.nn.Module,
-    *,
-    backend: str = "torch",
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    example_inputs: Sequence[torch.Tensor] = (),
-    input_names: Sequence[str] = ("input",),
-    dynamic_axes: dict[str, dict[int, str]] | None = None,
-    memory_format: torch.memory_format | None = None,
-) -> TorchRunner | OnnxRunner:
-    if backend == "torch":
-        return TorchRunner(module, device, dtype, memory_format)
+def make_runner(module: torch.nn.Module, *, device: torch.device, backend: str = "torch",
+                dtype: torch.dtype = torch.float32, memory_format: torch.memory_format | None = None,
+                export=None) -> TorchRunner | OnnxRunner:
+    """The one way pipelines run a network: torch runs `module` (copied if it must move); onnx runs the graph
+    of `export` (the module's registry Export), in fp32 or, on a GPU, fp16."""
+    check_backend(backend)
     if backend == "onnx":
-        if dtype != torch.float32:
-            raise ImgforgeError("--backend onnx runs in fp32 only; drop --precision or use --backend torch")
-        return OnnxRunner(module, example_inputs, device, input_names, dynamic_axes)
-    raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
+        return onnx_runner(export, device, onnx_precision(dtype))
+    return TorchRunner(module, device, dtype, memory_format)
+
+
+def onnx_precision(dtype: torch.dtype) -> str:
+    """The graph precision of --precision under --backend onnx: fp32, or fp16 (GPU)."""
+    names = {torch.float32: "fp32", torch.float16: "fp16"}
+    if dtype not in names:
+        raise RunWideError("--backend onnx runs fp32 or fp16 (GPU) graphs; drop --precision bf16 or use "
+                           "--backend torch")
+    return names[dtype]

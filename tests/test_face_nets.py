@@ -70,9 +70,7 @@ def test_registered_family_exports_and_runs_through_onnx():
     descriptor = family.describe(net)
     assert descriptor.hyperparameters == {"ngf": 2} and descriptor.parameters == 919_525
     export = descriptor.exports[0]
-    runner = runtime.make_runner(net, backend="onnx", device=torch.device("cpu"),
-                                 example_inputs=export.example_inputs(256, 256), input_names=export.input_names,
-                                 dynamic_axes=export.dynamic_axes)
+    runner = runtime.make_runner(net, backend="onnx", device=torch.device("cpu"), export=export)
     faces = torch.cat([io["degraded_image"], io["degraded_image"].flip(-1)])  # a batch of 2: dynamic batch axis
     with torch.inference_mode():
         expected = net(faces)

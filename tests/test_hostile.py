@@ -268,17 +268,25 @@ def _conv():
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1))
 
 
+def _conv_export():
+    import torch
+    from imgforge.nets.registry import Export
+
+    return Export("conv", _conv(), lambda h, w: (torch.randn(1, 3, h, w),), ("input",), ("output",),
+                  {"input": {0: "batch", 2: "height", 3: "width"}})
+
+
 def test_a_damaged_cached_onnx_graph_is_exported_again(tmp_path, monkeypatch):
     import torch
     from imgforge import runtime
 
     monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path))
-    example = [torch.randn(1, 3, 8, 8)]
-    runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), example_inputs=example)
+    example = torch.randn(1, 3, 8, 8)
+    runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), export=_conv_export())
     (graph,) = (tmp_path / "onnx").glob("*.onnx")
     graph.write_bytes(b"half a graph")  # a full disk, a killed copy
-    runner = runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), example_inputs=example)
-    assert (runner(example[0]) - _conv()(example[0])).abs().max() < 1e-5
+    runner = runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), export=_conv_export())
+    assert (runner(example) - _conv()(example)).abs().max() < 1e-5
     assert graph.stat().st_size > 100
 
 
@@ -290,7 +298,7 @@ def test_an_onnx_cache_that_is_a_file_is_named(tmp_path, monkeypatch):
     (tmp_path / "cache").write_text("a file")
     monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(RunWideError, match=r"cannot create the ONNX graph cache .*cache/onnx \(set IMGFORGE_CACHE"):
-        runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), example_inputs=[torch.zeros(1, 3, 4, 4)])
+        runtime.make_runner(_conv(), backend="onnx", device=torch.device("cpu"), export=_conv_export())
 
 
 # ---- from reading the code ------------------------------------------------------------------------------

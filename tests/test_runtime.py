@@ -43,20 +43,65 @@ def _module():
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
 
 
-def test_onnx_runner_matches_torch_at_another_size_and_is_cached(tmp_path, monkeypatch):
+def _export(module=None):
+    from imgforge.nets.registry import Export
+
+    axes = {"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "height", 3: "width"}}
+    return Export("conv", module or _module(), lambda h, w: (torch.randn(1, 3, h, w),), ("input",), ("output",), axes)
+
+
+def test_onnx_runner_matches_torch_at_any_size_and_batch_and_is_cached_by_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path))
     cpu = torch.device("cpu")
-    example = torch.randn(2, 3, 16, 16)
-    axes = {"input": {0: "batch", 2: "height", 3: "width"}}
     torch_runner = runtime.make_runner(_module(), device=cpu)
-    onnx_runner = runtime.make_runner(_module(), backend="onnx", device=cpu, example_inputs=[example],
-                                      dynamic_axes=axes)
-    x = torch.randn(1, 3, 20, 24)
-    assert (torch_runner(x) - onnx_runner(x)).abs().max() < 1e-5
+    onnx_runner = runtime.onnx_runner(_export(), cpu)
+    for shape in ((1, 3, 20, 24), (3, 3, 40, 16)):
+        x = torch.randn(shape)
+        assert (torch_runner(x) - onnx_runner(x)).abs().max() < 1e-5
     assert onnx_runner.provider == "onnxruntime:CPUExecutionProvider"
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
-    runtime.make_runner(_module(), backend="onnx", device=cpu, example_inputs=[example], dynamic_axes=axes)
-    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1  # same weights and signature: no new export
+    runtime.onnx_runner(_export(), cpu)
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1  # same weights: no new export
+    other = _module()
+    other[0].bias.data += 1
+    runtime.onnx_runner(_export(other), cpu)
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2  # other weights: another graph
+
+
+def test_corrupt_cached_graph_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path))
+    cpu = torch.device("cpu")
+    runtime.onnx_runner(_export(), cpu)
+    (graph,) = (tmp_path / "onnx").glob("*.onnx")
+    graph.write_bytes(graph.read_bytes()[:100])
+    x = torch.randn(1, 3, 8, 8)
+    assert (runtime.onnx_runner(_export(), cpu)(x) - _module()(x)).abs().max() < 1e-5
+    assert graph.stat().st_size > 100
+
+
+def test_providers_prefer_tensorrt_when_asked_then_cuda_then_cpu(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    names = lambda device: [p[0] if isinstance(p, tuple) else p for p in runtime.onnx_providers(device)]  # noqa: E731
+    assert names(torch.device("cpu")) == ["CPUExecutionProvider"]
+    assert names(torch.device("cuda")) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setenv("IMGFORGE_TENSORRT", "1")
+    assert names(torch.device("cuda")) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (and onnxruntime-gpu)")
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("fp16", 5e-2)])
+def test_cuda_provider_io_binding_and_fp16_graphs(tmp_path, monkeypatch, precision, tolerance):
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path))
+    cuda = torch.device("cuda")
+    runner = runtime.onnx_runner(_export(), cuda, precision)
+    assert runner.provider == "onnxruntime:CUDAExecutionProvider"
+    x = torch.randn(2, 3, 32, 48, device=cuda)
+    out = runner(x)
+    assert out.device.type == "cuda"  # IO binding: the output stays on the GPU
+    assert (out - _module().to(cuda)(x)).abs().max() < tolerance
 
 
 def test_bf16_runner_returns_float32_close_to_fp32():
@@ -68,9 +113,10 @@ def test_bf16_runner_returns_float32_close_to_fp32():
     assert (full - half).abs().max() < 0.05
 
 
-def test_onnx_refuses_reduced_precision_and_unknown_backends():
-    cpu = torch.device("cpu")
-    with pytest.raises(ImgforgeError, match="fp32 only"):
-        runtime.make_runner(_module(), backend="onnx", device=cpu, dtype=torch.bfloat16)
+def test_onnx_refuses_bf16_and_fp16_on_cpu_and_unknown_backends():
+    with pytest.raises(ImgforgeError, match="fp32 or fp16"):
+        runtime.onnx_precision(torch.bfloat16)
+    with pytest.raises(ImgforgeError, match="CUDA device only"):
+        runtime.onnx_runner(_export(), torch.device("cpu"), "fp16")
     with pytest.raises(ImgforgeError, match="unknown backend"):
-        runtime.make_runner(_module(), backend="tensorrt", device=cpu)
+        runtime.check_backend("tensorrt")

@@ -430,7 +430,7 @@ def describe_unet(net: DDPMUNet) -> Descriptor:
           "eps": "N x C x H x W float32, the predicted noise"}
     axes = {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
             "eps": {0: "batch", 2: "height", 3: "width"}}
-    export = Export("unet", net, example_inputs, ("sample", "timestep"), ("eps",), axes, io)
+    export = Export("unet", net, example_inputs, ("sample", "timestep"), ("eps",), axes, io, multiple, multiple)
     hyperparameters = {f.name: getattr(config, f.name) for f in fields(config)}
     return Descriptor(
         family="ddpm_unet", task="sample", in_channels=config.in_channels, out_channels=config.out_channels,

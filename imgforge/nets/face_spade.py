@@ -190,7 +190,7 @@ def describe_face_generator(net: FaceSPADEGenerator, size: int = 256) -> Descrip
         family="face_spade", task="restore", in_channels=3, out_channels=3, size_multiple=LATENT_DIVISOR,
         min_side=LATENT_DIVISOR, precisions=("fp32", "bf16", "fp16"), parameters=parameter_count(net),
         hyperparameters={"ngf": net.ngf},
-        exports=(Export("face_generator", net, example_inputs, ("face",), ("enhanced",), axes, io),),
+        exports=(Export("face_generator", net, example_inputs, ("face",), ("enhanced",), axes, io, size, size),),
         test_time="eval: running BatchNorm statistics, spectral norm from the stored u, v",
     )
 

@@ -136,10 +136,11 @@ def describe_mapping(net: nn.Module) -> Descriptor:
     state = net.state_dict()
     kind = mapping_kind(state)
     masked = kind != "quality"
+    channels = state["model.0.weight" if kind == "quality" else "before_NL.0.weight"].shape[1]
 
     def example_inputs(height: int, width: int) -> tuple[torch.Tensor, ...]:
         generator = torch.Generator().manual_seed(0)
-        latent = torch.randn((1, LATENT_CHANNELS, height // 4, width // 4), generator=generator)
+        latent = torch.randn((1, channels, height // 4, width // 4), generator=generator)
         if not masked:
             return (latent,)
         return latent, (torch.rand((1, 1, height, width), generator=generator) > 0.9).float()
@@ -150,13 +151,16 @@ def describe_mapping(net: nn.Module) -> Descriptor:
             "latent_mapped": {0: "batch", 2: "latent_height", 3: "latent_width"}}
     io = {"latent": "N x 64 x h x w float32, VAE_A's latent", "latent_mapped": "N x 64 x h x w, for VAE_B",
           "mask": "N x 1 x 4h x 4w float32, 1 = scratch (image size)"}
-    export = Export("mapping", mapping_graph(net), example_inputs, names, ("latent_mapped",),
-                    {k: v for k, v in axes.items() if k in (*names, "latent_mapped")},
-                    {k: v for k, v in io.items() if k in (*names, "latent_mapped")})
+    # the HR patch attention has no graph form (oldphoto_onnx.mapping_graph)
+    used = (*names, "latent_mapped")
+    exports = () if kind == "hr" else (
+        Export("mapping", mapping_graph(net), example_inputs, names, ("latent_mapped",),
+               {k: v for k, v in axes.items() if k in used}, {k: v for k, v in io.items() if k in used}, 4, 16),
+    )
     return Descriptor(
-        family="oldphoto_mapping", task="restore", in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        family="oldphoto_mapping", task="restore", in_channels=channels, out_channels=channels,
         size_multiple=4, min_side=16, precisions=("fp32", "bf16", "fp16"), parameters=parameter_count(net),
-        hyperparameters={"kind": kind, **_mapping_options(state)}, exports=(export,),
+        hyperparameters={"kind": kind, **_mapping_options(state)}, exports=exports,
         test_time={"quality": "latent mapping", "scratch": "latent mapping with partial non-local attention "
                    "over unscratched positions", "hr": "latent mapping with multi-scale patch attention"}[kind],
     )

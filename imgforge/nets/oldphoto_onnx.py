@@ -7,16 +7,38 @@ registry's descriptors export these.
 
 from __future__ import annotations
 
+import warnings
+from typing import List
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .nonlocal_attention import latent_validity
 from .vae import ResnetBlock
+
+# Elements of one (batch x query rows x positions) affinity tile in the exported attention loop: 64 MB in
+# float32, so the scratch mapping's memory stays bounded at any photo size without a new export.
+AFFINITY_TILE_ELEMENTS = 2**24
+
+
+def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """InstanceNorm2d(affine=False) as reductions: the exporter's instance_norm needs a channel count the
+    trace does not know after the attention loop."""
+    mean = x.mean((2, 3), keepdim=True)
+    centred = x - mean
+    return centred / torch.sqrt(centred.pow(2).mean((2, 3), keepdim=True) + eps)
 
 
 def plain_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """The official Sequential run layer by layer with the stock modules (ResnetBlock as x + conv_block(x))."""
+    """The official Sequential run layer by layer with stock modules (ResnetBlock as x + conv_block(x))."""
     for layer in layers:
-        x = x + layer.conv_block(x) if isinstance(layer, ResnetBlock) else layer(x)
+        if isinstance(layer, ResnetBlock):
+            x = x + plain_sequential(layer.conv_block, x)
+        elif isinstance(layer, nn.InstanceNorm2d):
+            x = instance_norm(x, layer.eps)
+        else:
+            x = layer(x)
     return x
 
 
@@ -33,6 +55,58 @@ class SequentialPart(nn.Module):
         return plain_sequential(getattr(self.net, self.part), x)
 
 
+def _masked_attention_loop(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
+                          tile_elements: int) -> torch.Tensor:
+    """nonlocal_attention.masked_attention for a batch, as a loop the ONNX export keeps (an ONNX Loop whose trip
+    count follows the input size): queries (N, L, C), keys (N, C, L), values (N, L, C), valid (N, 1, L)."""
+    positions = keys.shape[0] * keys.shape[2]
+    rows = max(1, tile_elements // positions)
+    chunks: List[torch.Tensor] = []
+    for start in range(0, queries.shape[1], rows):
+        affinity = torch.bmm(queries[:, start:start + rows], keys)
+        weights = torch.exp(affinity - affinity.max(2, keepdim=True)[0])
+        total = weights.sum(2, keepdim=True)
+        weights = weights * valid
+        scale = (weights.sum(2, keepdim=True) / total).clamp(min=1e-12) * total  # RENORM_EPS
+        chunks.append(torch.bmm(weights, values) / scale)
+    return torch.cat(chunks, 1)
+
+
+with warnings.catch_warnings():  # torch 2.14 calls scripting deprecated; the ONNX exporter still needs it for Loop
+    warnings.simplefilter("ignore", FutureWarning)
+    masked_attention_loop = torch.jit.script(_masked_attention_loop)
+
+
+class PartialNonLocalGraph(nn.Module):
+    """nonlocal_attention.PartialNonLocalBlock's function, with the query chunks in masked_attention_loop."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        block = self.block
+        valid = latent_validity(mask, x.shape[2:])
+        queries = block.theta(x).flatten(2).transpose(1, 2)
+        values = block.g(x).flatten(2).transpose(1, 2)
+        attended = masked_attention_loop(queries, block.phi(x).flatten(2), values, valid.flatten(2),
+                                         AFFINITY_TILE_ELEMENTS)
+        mixed = block.W(attended.transpose(1, 2).reshape_as(x))
+        return plain_sequential(block.res_block, mixed) * (1 - valid) + x * valid
+
+
+class ScratchMappingGraph(nn.Module):
+    def __init__(self, mapping: nn.Module):
+        super().__init__()
+        self.mapping = mapping
+        self.attention = PartialNonLocalGraph(mapping.NL)
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        features = self.attention(plain_sequential(self.mapping.before_NL, z), mask)
+        return plain_sequential(self.mapping.after_NL, features)
+
+
 def mapping_graph(mapping: nn.Module) -> nn.Module:
-    """The exportable form of a mapping network."""
-    return SequentialPart(mapping, "model") if hasattr(mapping, "model") else mapping
+    """The exportable form of a quality or scratch mapping (the HR patch attention has none yet: its
+    data-dependent patch selection is not written as graph operations)."""
+    return SequentialPart(mapping, "model") if hasattr(mapping, "model") else ScratchMappingGraph(mapping)

@@ -425,7 +425,8 @@ def describe_generator(net: Generator, mode: str = "official") -> Descriptor:
                  "no-dropout": "per-image BatchNorm statistics, no dropout",
                  "eval": "running BatchNorm statistics, no dropout (test.py --eval)"}[mode]
     export = Export("generator", module, example_inputs, names, ("output",),
-                    {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in (*names, "output")}, io)
+                    {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in (*names, "output")}, io,
+                    net.stride, net.stride)
     return Descriptor(
         family=f"pix2pix_{'unet' if isinstance(net, UnetGenerator) else 'resnet'}", task="translate",
         in_channels=options.input_nc, out_channels=options.output_nc, size_multiple=net.stride,

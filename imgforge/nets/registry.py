@@ -14,8 +14,10 @@ an override that contradicts the weights is a one-line ModelError naming it.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from importlib import import_module
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -40,6 +42,8 @@ class Export:
     output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
     io: dict[str, str] = field(default_factory=dict)
+    size_multiple: int = 1  # the (height, width) example_inputs take: multiples of it, at least min_side
+    min_side: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,27 @@ class Family:
     detect: Callable[[dict], bool]
     load: Callable[..., nn.Module]
     describe: Callable[..., Descriptor]
+
+
+@dataclass
+class Network:
+    """A loaded network in a model: its role (the manifest's file role, e.g. "generator", "vae_a"), the
+    module and its family, the weights file it came from, which of its exports the model uses (None: all)
+    and the test-time settings its exports take (e.g. {"mode": "eval"} for pix2pix)."""
+
+    role: str
+    module: nn.Module
+    family: Family
+    source: Path | None = None
+    parts: tuple[str, ...] | None = None
+    settings: dict = field(default_factory=dict)
+
+    def describe(self) -> Descriptor:
+        accepted = inspect.signature(self.family.describe).parameters
+        return self.family.describe(self.module, **{k: v for k, v in self.settings.items() if k in accepted})
+
+    def exports(self) -> list[Export]:
+        return [e for e in self.describe().exports if self.parts is None or e.name in self.parts]
 
 
 _FAMILIES: dict[str, Family] = {}

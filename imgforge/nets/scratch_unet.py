@@ -150,7 +150,7 @@ def describe_detector(net: ScratchUNet) -> Descriptor:
         family="oldphoto_detector", task="restore", in_channels=channels, out_channels=net.last[1].out_channels,
         size_multiple=net.multiple, min_side=net.multiple, precisions=("fp32", "bf16", "fp16"),
         parameters=parameter_count(net), hyperparameters=hyperparameters,
-        exports=(Export("detector", net, example_inputs, ("input",), ("logits",), axes, io),),
+        exports=(Export("detector", net, example_inputs, ("input",), ("logits",), axes, io, net.multiple, net.multiple),),
         test_time="eval: running BatchNorm statistics",
     )
 

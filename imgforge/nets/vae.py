@@ -261,12 +261,14 @@ def describe_vae(net: GlobalGeneratorDCDCv2) -> Descriptor:
         return (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)
 
     axes = {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in ("image", "latent")}
+    io = {"image": "N x 3 x H x W float32 in [-1, 1]: uint8 / 127.5 - 1",
+          "latent": f"N x C x H/{multiple} x W/{multiple}, the latent"}
+    decoded = {"image": f"N x 3 x H x W float32 in [-1, 1] (tanh); the official save_image(normalize=True) "
+                        "stretches min..max to 0..255", "latent": io["latent"]}
     exports = (
-        Export("encoder", SequentialPart(net, "encoder"), image, ("image",), ("latent",), axes,
-               {"image": "N x 3 x H x W float32 in [-1, 1]: uint8 / 127.5 - 1", "latent": f"N x C x H/{multiple} x W/{multiple}"}),
-        Export("decoder", SequentialPart(net, "decoder"), latent, ("latent",), ("image",), axes,
-               {"latent": "N x C x h x w", "image": f"N x 3 x {multiple}h x {multiple}w float32 in [-1, 1] (tanh); the official "
-                "save_image(normalize=True) stretches min..max to 0..255"}),
+        Export("encoder", SequentialPart(net, "encoder"), image, ("image",), ("latent",), axes, io, multiple, 16),
+        Export("decoder", SequentialPart(net, "decoder"), latent, ("latent",), ("image",), axes, decoded,
+               multiple, 16),
     )
     return Descriptor(
         family="oldphoto_vae", task="restore", in_channels=image_channels, out_channels=net.decoder[-2].out_channels,

@@ -74,9 +74,7 @@ class FaceEnhancer:
         weights = load_state_dict(fetch_face_file(self.entry, "generator", folder, offline, quiet))
         generator, family = registry.load(weights, "face_spade", **self.entry.config)
         export = family.describe(generator, size=size).exports[0]
-        self.generator = runtime.make_runner(
-            generator, backend=backend, device=device, dtype=dtype, example_inputs=export.example_inputs(size, size),
-            input_names=export.input_names, dynamic_axes=export.dynamic_axes)
+        self.generator = runtime.make_runner(generator, backend=backend, device=device, dtype=dtype, export=export)
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceCrop]]:
         """(the photo with its faces enhanced, uint8 H x W x 3; the faces in detection order)."""

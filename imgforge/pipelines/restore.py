@@ -33,7 +33,7 @@ from .. import hub, imageio, manifest, runtime
 from ..batch import IMAGE_EXTENSIONS, Job, plan_jobs
 from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..checkpoint import load_state_dict
-from ..errors import ImgforgeError, InputError
+from ..errors import ImgforgeError, InputError, RunWideError
 from ..imageio import Picture
 from ..nets import registry
 from ..nets.mapping import mapping_kind
@@ -112,9 +112,10 @@ class Settings:
                     raise ImgforgeError(f"{option} works on scratches; it cannot be combined with --no-scratches")
 
 
-# Each weights file of a restore model, the family it must be and its `config` table in the manifest.
-ROLES = {"detector": ("oldphoto_detector", "detector"), "vae_a": ("oldphoto_vae", "vae"),
-         "mapping": ("oldphoto_mapping", "mapping"), "vae_b": ("oldphoto_vae", "vae")}
+# Each weights file of a restore model: the family it must be, its `config` table in the manifest, and the
+# part of it the restoration runs (None: the whole network).
+ROLES = {"detector": ("oldphoto_detector", "detector", None), "vae_a": ("oldphoto_vae", "vae", ("encoder",)),
+         "mapping": ("oldphoto_mapping", "mapping", None), "vae_b": ("oldphoto_vae", "vae", ("decoder",))}
 
 
 class Restorer:
@@ -123,14 +124,15 @@ class Restorer:
     the model's networks (its mapping's kind, a detector or not)."""
 
     def __init__(self, settings: Settings, *, model: str | None = None, device: str = "auto",
-                 precision: str = "fp32", offline: bool | None = None, weights_dir: Path | None = None,
-                 quiet: bool = False):
+                 precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
+                 weights_dir: Path | None = None, quiet: bool = False):
+        runtime.check_backend(backend)
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
         self.faces = None
         if settings.faces_only:
             self.settings = settings
-            self.faces = _face_enhancer(settings, self.device, self.dtype, offline, weights_dir, quiet)
+            self.faces = _face_enhancer(settings, self.device, self.dtype, backend, offline, weights_dir, quiet)
             self.entry = self.faces.entry
             return
         self.entry = manifest.get_model(model or MODELS[settings.kind])
@@ -141,9 +143,10 @@ class Restorer:
         if unknown or not {"vae_a", "mapping", "vae_b"} <= set(paths):
             raise ImgforgeError(f"model '{self.entry.name}': a restore model has the files "
                                 f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
-        nets = {role: self._load(role, path) for role, path in paths.items()}
-        self.vae_a, self.mapping, self.vae_b = (nets[role].to(self.device) for role in ("vae_a", "mapping", "vae_b"))
-        self.detector = nets["detector"].to(self.device) if "detector" in nets else None
+        self.networks = [self._load(role, path) for role, path in paths.items()]
+        nets = {network.role: network.module.to(self.device) for network in self.networks}
+        self.vae_a, self.mapping, self.vae_b = (nets[role] for role in ("vae_a", "mapping", "vae_b"))
+        self.detector = nets.get("detector")
         kind = mapping_kind(self.mapping.state_dict())
         if model is not None:
             settings = replace(settings, scratches=kind != "quality", hr=kind == "hr")
@@ -152,15 +155,39 @@ class Restorer:
                                 f"{'' if self.detector else ' and no detector'}; it cannot restore {settings.kind}")
         self.settings = settings
         if settings.faces:
-            self.faces = _face_enhancer(settings, self.device, self.dtype, offline, weights_dir, quiet)
+            self.faces = _face_enhancer(settings, self.device, self.dtype, backend, offline, weights_dir, quiet)
+        self.backend = backend
+        self.run_network = self._torch_calls() if backend == "torch" else self._onnx_calls()
 
-    def _load(self, role: str, path: Path) -> torch.nn.Module:
-        family, config_key = ROLES[role]
+    def _load(self, role: str, path: Path) -> registry.Network:
+        family, config_key, parts = ROLES[role]
         net, found = registry.load(load_state_dict(path), self.entry.arch, **self.entry.config.get(config_key, {}))
         if found.name != family:
             raise ImgforgeError(f"model '{self.entry.name}': its {role} file is a {found.name} network, not "
                                 f"{family}")
-        return net
+        return registry.Network(role, net, found, source=path, parts=parts)
+
+    def _torch_calls(self) -> dict[str, Callable]:
+        return {"detector": lambda x: self.detector(x), "vae_a": lambda x: self.vae_a.encode(x),
+                "mapping": lambda *inputs: self.mapping(*inputs), "vae_b": lambda z: self.vae_b.decode(z)}
+
+    def _onnx_calls(self) -> dict[str, Callable]:
+        """One ONNX Runtime graph per network part (exported on first use, cached by weights)."""
+        calls = {}
+        for network in self.networks:
+            exports = network.exports()
+            if not exports:
+                raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
+                                    f"{network.role} has no ONNX graph yet; use --backend torch")
+            calls[network.role] = runtime.make_runner(network.module, backend="onnx", device=self.device,
+                                                      dtype=self.dtype, export=exports[0])
+        return calls
+
+    @property
+    def provider(self) -> str:
+        """Where the global networks run: onnxruntime's provider in use, or torch's device."""
+        runner = getattr(self, "run_network", {}).get("vae_a")
+        return getattr(runner, "provider", f"torch:{self.device}")
 
     def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
         face_stage = [self.enhance_faces] if self.faces else []
@@ -203,7 +230,7 @@ class Restorer:
         height, width = grey.shape
         with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
             scaled = F.interpolate(x.to(self.device), _detection_size(height, width), mode="bilinear")
-            probability = torch.sigmoid(self.detector(scaled).float())
+            probability = torch.sigmoid(self.run_network["detector"](scaled).float())
         probability = F.interpolate(probability, [height, width], mode="nearest")
         return replace(work, mask=(probability >= MASK_THRESHOLD)[0, 0].cpu().numpy())
 
@@ -220,13 +247,13 @@ class Restorer:
             image = np.where(work.mask[:, :, None], np.uint8(255), image)
         x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]).to(self.device)
         with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
-            latent = self.vae_a.encode(x)
+            latent = self.run_network["vae_a"](x)
             if work.mask is None:
-                mapped = self.mapping(latent)
+                mapped = self.run_network["mapping"](latent)
             else:
                 mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
-                mapped = self.mapping(latent, mask)
-            generated = self.vae_b.decode(mapped).float()
+                mapped = self.run_network["mapping"](latent, mask)
+            generated = self.run_network["vae_b"](mapped).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
     def enhance_faces(self, work: Work) -> Work:
@@ -237,14 +264,19 @@ class Restorer:
 def load_model(name: str, **options) -> Restorer:
     """A restore model of the zoo by name (its global networks; the face stage's models are zoo entries of their
     own), its kind (quality, scratch, HR) read from its networks; options go to Restorer (device=, precision=,
-    offline=, weights_dir=, quiet=)."""
+    backend=, offline=, weights_dir=, quiet=)."""
     return Restorer(Settings(faces=False), model=name, **options)
+
+
+def load_networks(name: str, **options) -> list[registry.Network]:
+    """The networks of a restore model, each with the part the restoration runs (for `imgforge export`)."""
+    return load_model(name, device="cpu", **options).networks
 
 
 def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
                   stretch: bool = True, faces: bool = True, faces_only: bool = False, face_detector: str = "yunet",
-                  device: str = "auto", precision: str = "fp32", offline: bool | None = None,
+                  device: str = "auto", precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
                   weights_dir: Path | None = None, quiet: bool = True) -> RestoreResult:
     """Restore one image in memory: a Picture or an array (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]).
     `mask`: a Picture or array of the image's size, scratches white/True. `faces`: enhance the faces after the
@@ -253,8 +285,8 @@ def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = T
     settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
     settings.check(has_mask=mask is not None)
     picture = picture_or_array if isinstance(picture_or_array, Picture) else _picture_from_array(picture_or_array)
-    restorer = Restorer(settings, device=device, precision=precision, offline=offline, weights_dir=weights_dir,
-                        quiet=quiet)
+    restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
+                        weights_dir=weights_dir, quiet=quiet)
     return restorer.run(picture, None if mask is None else mask_array(mask))
 
 
@@ -262,6 +294,7 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
             scratches: bool = True, mode: str = "full", hr: bool = False, mask: str | os.PathLike | None = None,
             mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, faces: bool = True,
             faces_only: bool = False, face_detector: str = "yunet", save_faces: bool = False, device: str = "auto",
+            backend: str = "torch",
             precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
             weights_dir: str | os.PathLike | None = None, batch_size: int = 1,
@@ -290,7 +323,8 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         jobs = [replace(job, options=_mask_option(find_mask, job.source)) for job in jobs]
     task = RestoreTask(settings, device=device, precision=precision, offline=offline,
                        weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet,
-                       save_mask=save_mask, save_faces=save_faces, batch_size=batch_size)
+                       save_mask=save_mask, save_faces=save_faces, backend=backend,
+                       batch_size=batch_size)
     return execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json)
 
 
@@ -306,12 +340,14 @@ class RestoreTask:
     quiet: bool
     save_mask: bool
     save_faces: bool
+    backend: str = "torch"
     batch_size: int = 1
     label: str = "restoring"
 
     def setup(self) -> RestoreWorker:
         return RestoreWorker(self, Restorer(self.settings, device=self.device, precision=self.precision,
-                                            offline=self.offline, weights_dir=self.weights_dir, quiet=self.quiet))
+                                            backend=self.backend, offline=self.offline, weights_dir=self.weights_dir,
+                                            quiet=self.quiet))
 
 
 class RestoreWorker:
@@ -333,7 +369,8 @@ class RestoreWorker:
         return [self.restorer.run(picture, given) for picture, given in items]
 
     def save(self, job: Job, item: tuple[Picture, np.ndarray | None], result: RestoreResult) -> dict:
-        record = {"model": self.restorer.entry.name, "mode": self.task.settings.mode}
+        record = {"model": self.restorer.entry.name, "mode": self.task.settings.mode,
+                  "provider": self.restorer.provider}
         if self.restorer.faces is not None:
             record["faces"] = len(result.faces)
         if self.task.save_faces and result.faces:  # before the output, as the mask
@@ -383,11 +420,11 @@ def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: Path |
     return paths
 
 
-def _face_enhancer(settings: Settings, device: torch.device, dtype: torch.dtype, offline: bool | None,
+def _face_enhancer(settings: Settings, device: torch.device, dtype: torch.dtype, backend: str, offline: bool | None,
                    weights_dir: Path | None, quiet: bool) -> FaceEnhancer:
     """The face stage: 512 px faces (FaceSR_512, the _HR scripts) with --hr, else 256 px."""
     return FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, device=device,
-                        dtype=dtype, offline=offline, weights_dir=weights_dir, quiet=quiet)
+                        dtype=dtype, backend=backend, offline=offline, weights_dir=weights_dir, quiet=quiet)
 
 
 def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:

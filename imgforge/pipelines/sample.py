@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -24,7 +23,7 @@ from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..errors import ImgforgeError, ModelError, OutputError
 from ..imageio import read_image, write_image
 from ..nets import registry
-from ..nets.ddpm_unet import DDPMUNet
+from ..nets.ddpm_unet import DDPMUNet, describe_unet
 from ..storage import location
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
@@ -41,6 +40,7 @@ class DiffusionModel:
     name: str
     unet: DDPMUNet
     schedule: NoiseSchedule
+    source: Path | None = None  # the weights file
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -67,7 +67,13 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
     _check_sample_size(unet_config.get("sample_size"), config_path)
     schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
     unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
-    return DiffusionModel(name, unet, schedule)
+    return DiffusionModel(name, unet, schedule, weights_path)
+
+
+def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Network]:
+    """The U-Net as a registry Network (role "unet"), for export and workers."""
+    loaded = load_model(model, **options)
+    return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source)]
 
 
 def _model_files(model: str, offline: bool | None, weights_dir: Path | None,
@@ -111,7 +117,7 @@ class Drawer:
         self.sampler = make_sampler(sampler, model.schedule, steps, eta=eta, spacing=spacing)
         self.device = runtime.select_device(device)
         dtype = runtime.select_dtype(precision, self.device)
-        self.eps_fn = make_eps_function(model.unet, self.device, dtype, backend, self.shape)
+        self.eps_fn = make_eps_function(model.unet, self.device, dtype, backend)
 
     def __call__(self, seeds: Sequence[int], on_step: Callable[[], None] | None = None) -> np.ndarray:
         generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -264,25 +270,18 @@ class _GridCanvas:
 
 
 def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype = torch.float32,
-                      backend: str = "torch", image_shape: tuple[int, int, int] = (3, 32, 32)):
+                      backend: str = "torch"):
     """(x, t) -> eps in float32 on `device`, through torch (fp32, or the U-Net cast to bf16/fp16) or ONNX
-    (exported for `image_shape`, any batch size)."""
+    (one graph for any batch and size, cached)."""
+    runtime.check_backend(backend)
     if backend == "onnx":
-        # the runner feeds every input as float32; the U-Net takes float timesteps as well
-        example = (torch.zeros((1, *image_shape)), torch.zeros(1))
-        with warnings.catch_warnings():  # the exporter's tracer warnings mean nothing to a user
-            warnings.simplefilter("ignore")
-            runner = runtime.make_runner(
-                unet, backend="onnx", device=device, dtype=dtype, example_inputs=example,
-                input_names=("sample", "timestep"), dynamic_axes={"sample": {0: "batch"}, "timestep": {0: "batch"}},
-            )
+        (export,) = describe_unet(unet).exports  # any batch and size; timesteps as float32, one per image
+        runner = runtime.make_runner(unet, backend=backend, device=device, dtype=dtype, export=export)
 
         def eps_onnx(x: torch.Tensor, t: int) -> torch.Tensor:
             return runner(x, torch.full((x.shape[0],), float(t))).to(device)
 
         return eps_onnx
-    if backend != "torch":
-        raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
     # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
     # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
     # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md). The caller's U-Net is not touched.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +32,7 @@ from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, InputError
 from ..imageio import Picture, read_image, write_image
 from ..nets import registry
-from ..nets.pix2pix import DROPOUT_P, TEST_MODES, Generator, GeneratorOptions, TestTimeGenerator
+from ..nets.pix2pix import DROPOUT_P, TEST_MODES, Generator, GeneratorOptions, TestTimeGenerator, describe_generator
 from ..progress import console
 
 MODES = TEST_MODES
@@ -57,11 +56,20 @@ def load_generator(model: str | None = None, checkpoint: str | os.PathLike | Non
     checkpoint (an official latest_net_G.pth) as a generator on the CPU, eval(), weights loaded strictly.
     Its options are read from the weights; the manifest's config and the arguments override them, and a
     mismatch is a ModelError naming the option."""
+    return load_networks(model, checkpoint, netG=netG, norm=norm, ngf=ngf, dropout=dropout, offline=offline,
+                         weights_dir=weights_dir, quiet=quiet)[0].module
+
+
+def load_networks(model: str | None = None, checkpoint: str | os.PathLike | None = None, *, mode: str = "official",
+                  offline: bool | None = None, weights_dir: Path | None = None, quiet: bool = False,
+                  **options) -> list[registry.Network]:
+    """The generator as a registry Network (role "generator", its test-time `mode`), for export and workers;
+    `options`: netG, norm, ngf, dropout overrides."""
     path, entry = _weights_file(model, checkpoint, offline=offline, weights_dir=weights_dir, quiet=quiet)
     requested = dict(entry.config) if entry is not None else {}
-    requested.update(netG=netG, norm=norm, ngf=ngf, dropout=dropout)
-    net, _ = registry.load(load_state_dict(path), entry.arch if entry is not None else "pix2pix", **requested)
-    return net
+    requested.update(options)
+    net, family = registry.load(load_state_dict(path), entry.arch if entry is not None else "pix2pix", **requested)
+    return [registry.Network("generator", net, family, source=path, settings={"mode": mode})]
 
 
 load_model = load_generator  # imgforge.load_model(name) for translate models
@@ -112,17 +120,17 @@ class Translator:
         self.backend = backend
         self._module = TestTimeGenerator(generator, mode)
         self.dropout_layers = self._module.dropout_layers
-        self._runner = None
         # oneDNN and cuDNN run these convolutions faster on channels-last tensors (~15% on a CPU, measured)
         self.channels_last = backend == "torch" and self.device.type in ("cpu", "cuda")
-        if backend == "torch":
-            layout = torch.channels_last if self.channels_last else torch.contiguous_format
-            self._runner = runtime.make_runner(self._module, backend="torch", device=self.device, dtype=self.dtype,
-                                               memory_format=layout)
-        elif backend != "onnx":
-            raise ImgforgeError(f"unknown backend {backend!r}: use torch or onnx")
-        elif self.dtype != torch.float32:
-            raise ImgforgeError("--backend onnx runs in fp32 only; drop --precision or use --backend torch")
+        # under --backend onnx one graph serves every size and batch (cached by the weights and the mode)
+        (export,) = describe_generator(generator, mode).exports
+        self._runner = runtime.make_runner(
+            self._module, backend=backend, device=self.device, dtype=self.dtype, export=export,
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    @property
+    def provider(self) -> str:
+        return self._runner.provider
 
     @property
     def uses_dropout(self) -> bool:
@@ -152,8 +160,7 @@ class Translator:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         inputs = [batch, *self._dropout_masks(tensors)]
-        runner = self._runner or self._onnx_runner(inputs)
-        output = runner(*inputs)
+        output = self._runner(*inputs)
         return list(output.split(1))
 
     def finish(self, output: torch.Tensor, prepared: Prepared) -> np.ndarray:
@@ -182,17 +189,6 @@ class Translator:
             per_image.append([(torch.rand(layer.mask_shape(height, width), generator=generator) >= DROPOUT_P)
                               .float() / (1 - DROPOUT_P) for layer in self.dropout_layers])
         return [torch.stack(masks) for masks in zip(*per_image)]
-
-    def _onnx_runner(self, inputs: list[torch.Tensor]):
-        """Exported at the first batch (cached on disk by weights, mode and signature); any size and batch
-        runs on the same graph."""
-        names = ["input"] + [f"dropout{i}" for i in range(len(inputs) - 1)]
-        axes = {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in names}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's notes on the legacy path and on instance_norm
-            self._runner = runtime.make_runner(self._module, backend="onnx", device=self.device,
-                                               example_inputs=inputs, input_names=names, dynamic_axes=axes)
-        return self._runner
 
 
 def translate_image(image: Image.Image | np.ndarray, *, model: str | None = None,

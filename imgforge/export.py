@@ -1,0 +1,181 @@
+"""Networks -> ONNX graphs: `imgforge export`, and the graphs the ONNX runtime path caches (runtime.onnx_runner).
+
+Every graph is traced from a registry `Export` (nets/registry.py) with batch, height and width dynamic where
+the network allows, and checked before it is reported: onnx.checker, then ONNX Runtime (CPU) at two sizes
+against torch. fp16 graphs convert the traced fp32 graph with onnxconverter-common, keeping float32 inputs and
+outputs (measured more faithful than tracing a half model: docs/onnx.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+
+import torch
+
+from . import __version__, manifest
+from .errors import ImgforgeError, OutputError
+from .nets.registry import Export, Network
+from .runtime import on_device
+
+OPSET = 17
+PRECISIONS = ("fp32", "fp16")
+# max abs difference from torch (float32) a graph must meet at both check sizes
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+
+
+def export_graph(export: Export, path: Path, *, precision: str = "fp32", size: tuple[int, int] | None = None) -> None:
+    """Trace `export` at `size` (default: its first check size) into `path` (written atomically)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImgforgeError("ONNX export needs the onnx package: pip install 'imgforge[onnx]'") from None
+    if precision not in PRECISIONS:
+        raise ImgforgeError(f"ONNX graphs are fp32 or fp16, not {precision!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    module = on_device(export.module, torch.device("cpu")).eval()  # the caller's module stays where it is
+    inputs = export.example_inputs(*(size or check_sizes(export)[0]))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes turned into constants mean nothing here
+        torch.onnx.export(module, inputs, str(tmp), input_names=list(export.input_names),
+                          output_names=list(export.output_names), dynamic_axes=export.dynamic_axes,
+                          opset_version=OPSET, dynamo=False,
+                          # the exporter's folding dropped initialisers shared by equal constants (seen with
+                          # fresh BatchNorm weights); ONNX Runtime folds constants itself at session start
+                          do_constant_folding=False)
+    if precision == "fp16":
+        from onnxconverter_common import float16
+
+        graph = float16.convert_float_to_float16(onnx.load(str(tmp)), keep_io_types=True)
+        onnx.save(graph, str(tmp))
+    os.replace(tmp, path)
+
+
+def check_sizes(export: Export) -> list[tuple[int, int]]:
+    """Two (height, width) sizes, the second not square, honouring the export's size rule; a graph of one
+    fixed side (no dynamic height or width) is checked at that side twice, the second time as a batch of 2."""
+    multiple, smallest = export.size_multiple, export.min_side
+    side = max(smallest, -(-64 // multiple) * multiple)
+    if not _spatially_dynamic(export):
+        return [(side, side), (side, side)]
+    return [(side, side), (side + multiple, side + 2 * multiple)]
+
+
+def _spatially_dynamic(export: Export) -> bool:
+    return any({2, 3} & set(export.dynamic_axes.get(name, {})) for name in export.input_names)
+
+
+def check_graph(path: Path, export: Export, precision: str = "fp32") -> list[float]:
+    """onnx.checker, then ONNX Runtime on the CPU at both check sizes against torch; the max abs difference at
+    each. ImgforgeError if the graph is invalid or misses the tolerance."""
+    import onnx
+
+    from .runtime import OnnxRunner
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ImgforgeError(f"{path.name} fails onnx.checker: {' '.join(str(exc).split())[:200]}") from None
+    runner = OnnxRunner(path, torch.device("cpu"), export.output_names)
+    differences = []
+    for check, size in enumerate(check_sizes(export)):
+        inputs = export.example_inputs(*size)
+        if check and not _spatially_dynamic(export):
+            inputs = tuple(torch.cat([x, x.flip(-1)]) for x in inputs)
+        with torch.no_grad():
+            expected = on_device(export.module, torch.device("cpu"))(*inputs)
+        got = runner(*inputs)
+        difference = float((got - expected.float()).abs().max())
+        if not difference <= TOLERANCE[precision]:
+            raise ImgforgeError(f"{path.name} differs from torch by {difference:.3g} at {size[0]}x{size[1]} "
+                                f"(tolerance {TOLERANCE[precision]})")
+        differences.append(difference)
+    return differences
+
+
+@dataclass
+class ExportReport:
+    folder: Path
+    graphs: list[Path] = field(default_factory=list)
+    differences: dict[str, list[float]] = field(default_factory=dict)  # graph name -> max abs diff per size
+
+
+def export_model(output: str | os.PathLike, model: str | None = None, checkpoint: str | os.PathLike | None = None, *,
+                 precision: str = "fp32", mode: str = "official", offline: bool | None = None,
+                 weights_dir: Path | None = None, quiet: bool = False) -> ExportReport:
+    """Write one checked .onnx per network of a zoo model (or of one checkpoint file) into `output`, each with a
+    sidecar <name>.json: inputs, outputs, value ranges and normalisation, size rule, test-time mode, source
+    weights' sha256, and the measured differences from torch. `mode`: pix2pix's test-time mode."""
+    from .hub import sha256_of
+    from .progress import console
+
+    if (model is None) == (checkpoint is None):
+        raise ImgforgeError("give a zoo model name or --checkpoint FILE (one of them)")
+    if precision not in PRECISIONS:
+        raise ImgforgeError(f"--precision must be fp32 or fp16 for ONNX graphs, not {precision!r}")
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"-o must be a folder, and {folder} is a file")
+    task = manifest.get_model(model).task if model is not None else None
+    if task is None:
+        networks = [load_checkpoint_network(Path(checkpoint))]
+    else:
+        networks = import_module(f".pipelines.{task}", __package__).load_networks(
+            model, offline=offline, weights_dir=weights_dir, quiet=quiet)
+    report = ExportReport(folder)
+    for network in networks:
+        network.settings.setdefault("mode", mode)  # pix2pix's test-time mode; other families take none
+        digest = sha256_of(network.source) if network.source else None
+        if not network.exports():
+            raise ImgforgeError(f"the {network.role} network ({network.family.name}) has no ONNX form yet")
+        for export in network.exports():
+            name = network.role if export.name == network.role else f"{network.role}_{export.name}"
+            path = folder / f"{name}.onnx"
+            if not quiet:
+                console.print(f"exporting {name} ({network.family.name}, {precision})", markup=False, highlight=False)
+            export_graph(export, path, precision=precision)
+            report.differences[name] = check_graph(path, export, precision)
+            sidecar = _sidecar(network, export, precision, digest, report.differences[name], model or checkpoint)
+            (folder / f"{name}.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+            report.graphs.append(path)
+    return report
+
+
+def load_checkpoint_network(path: Path) -> Network:
+    """One weights file through the registry (a diffusers config.json beside it is used)."""
+    from .checkpoint import load_state_dict
+    from .nets import registry
+
+    state = load_state_dict(path)
+    family = registry.detect(state)
+    config = path.with_name("config.json")
+    options = {"config": json.loads(config.read_text(encoding="utf-8"))} if family.name == "ddpm_unet" and \
+        config.is_file() else {}
+    return Network(family.task if family.task != "translate" else "generator", family.load(state, **options),
+                   family, source=path)
+
+
+def _sidecar(network: Network, export: Export, precision: str, digest: str | None, differences: list[float],
+             source: object) -> dict:
+    facts = network.describe()
+
+    def tensors(names):
+        return [{"name": name, "dtype": "float32", "dynamic_axes": export.dynamic_axes.get(name, {}),
+                 "meaning": export.io.get(name, "")} for name in names]
+
+    return {
+        "graph": f"{network.role}{'' if export.name == network.role else '_' + export.name}.onnx",
+        "family": network.family.name, "task": network.family.task, "part": export.name,
+        "precision": precision, "opset": OPSET, "imgforge": __version__,
+        "source": {"model_or_file": str(source), "role": network.role, "sha256": digest},
+        "inputs": tensors(export.input_names), "outputs": tensors(export.output_names),
+        "size_rule": {"multiple": export.size_multiple, "min_side": export.min_side},
+        "test_time": facts.test_time, "hyperparameters": facts.hyperparameters,
+        "check": {"sizes": check_sizes(export), "max_abs_diff_vs_torch": differences,
+                  "tolerance": TOLERANCE[precision]},
+    }
