@@ -3,7 +3,7 @@ through pyarrow's filesystem layer (the one Ray Data itself reads with).
 
 `location(spec)` gives a `pathlib.Path` for a local path and an `ObjectPath` for a URL. An ObjectPath is a
 PurePosixPath of `bucket/key` that prints as its URL and answers the few Path calls that planning, reading
-and writing make (exists, is_file, is_dir, iterdir, rglob, read_bytes, write_bytes, ...), so that the naming
+and writing make (is_file, is_dir, iterdir, rglob, relative_to, read_bytes, write_bytes), so that the naming
 rules of imgforge.batch are the same code for both. An object is written with one PUT, which S3 makes
 visible whole or not at all: the atomic-write rule needs no temp object.
 
@@ -85,11 +85,6 @@ class ObjectPath(PurePosixPath):
     def _info(self):
         return _filesystem().get_file_info(self.key)
 
-    def exists(self) -> bool:
-        import pyarrow.fs
-
-        return self._info().type != pyarrow.fs.FileType.NotFound
-
     def is_file(self) -> bool:
         import pyarrow.fs
 
@@ -122,17 +117,6 @@ class ObjectPath(PurePosixPath):
         if self.parts[:len(other.parts)] != other.parts:
             raise ValueError(f"{self} is not under {other}")
         return PurePosixPath(*self.parts[len(other.parts):])
-
-    def expanduser(self) -> ObjectPath:
-        return self
-
-    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
-        """Object storage has no folders: keys with a common prefix are one."""
-
-    def unlink(self, missing_ok: bool = False) -> None:
-        if missing_ok and not self.exists():
-            return
-        _filesystem().delete_file(self.key)
 
     def read_bytes(self) -> bytes:
         import pyarrow.fs
