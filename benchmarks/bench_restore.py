@@ -1,12 +1,19 @@
-"""Time and peak memory of the restoration chains (VAE encode -> mapping -> VAE decode) at full official size
-with random weights: imgforge's networks against the straightforward formulation of the official code (the
-whole positions x positions affinity matrix, plain Sequential forwards), each measurement in its own process.
+"""Time, peak memory and arithmetic rate of the restoration chains (VAE encode -> mapping -> VAE decode) at full
+official size with random weights: imgforge's networks in each precision against the straightforward
+formulation of the official code (the whole positions x positions affinity matrix, plain Sequential forwards,
+float32), each measurement in its own process.
 
-    python benchmarks/bench_restore.py --sizes 512 768 1024 --reference-sizes 512 768 [--chain scratch]
+    python benchmarks/bench_restore.py --sizes 512 --reference-sizes 512 --precisions fp32 bf16 --repeat 2
+    python benchmarks/bench_restore.py --sizes 2048 --reference-sizes --precisions bf16
+    python benchmarks/bench_restore.py --pipeline --sizes 512 --precisions fp32 bf16   # restore end to end
 
-Sizes are N (N x N) or WxH. On a shared machine, --threads 1 keeps both sides from fighting other jobs
-for cores (time ratios stay meaningful; absolute times do not). The reference needs ~5 GB at 512² and ~22 GB at 768² (scratch chain); it runs
-only at --reference-sizes. Prints one line per measurement and the imgforge/reference ratios.
+Sizes are N (N x N) or WxH. GFLOP/s is the chain's nominal work (counted on the official formulation:
+convolutions and the attention's two matrix products) over its time; each measuring process also times a
+4096² matrix product in its own precision right after the chain, and the rate is given as a share of that
+measured peak. --pipeline times the whole restoration of the sample old photo resized to each size (scratch
+detection in float32, global stage, output) through imgforge.pipelines.restore with random full-size weights.
+The machine is shared: --repeat alternates the measurements and the best of each is compared. The reference
+needs ~5 GB at 512² and ~22 GB at 768² (scratch chain); it runs only at --reference-sizes.
 """
 
 from __future__ import annotations
@@ -23,9 +30,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from imgforge import runtime
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.nonlocal_attention import latent_validity
 from imgforge.nets.vae import ResnetBlock, build_vae
+
+PEAK_SIZE = 4096
+SAMPLE_PHOTO = Path(__file__).resolve().parent.parent / "docs" / "examples" / "old_photo.jpg"
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -86,29 +97,113 @@ def run_chain(chain: str, impl: str, nets: tuple, image: torch.Tensor, mask: tor
     return reference_sequential(vae_b.decoder, mapped)
 
 
-def measure_one(chain: str, impl: str, size: str, save: str | None) -> None:
-    """Child process: one chain run; prints JSON with seconds and peak RSS."""
-    torch.manual_seed(0)
-    image, mask = make_inputs(*parse_size(size))
-    torch.manual_seed(1)  # the same random weights on both sides
-    nets = (build_vae(), build_vae(), build_mapping(chain))
-    before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # torch, weights and inputs
+def chain_flops(chain: str, size: str) -> float:
+    """Nominal work of one chain run: the official formulation's convolutions and matrix products, counted
+    on meta tensors (nothing is computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    height, width = parse_size(size)
+    with torch.device("meta"):
+        nets = (build_vae(), build_vae(), build_mapping(chain))
+        image, mask = torch.zeros(1, 3, height, width), torch.zeros(1, 1, height, width)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        run_chain(chain, "reference", nets, image, mask)
+    return float(counter.get_total_flops())
+
+
+def clock(kind: str) -> float:
+    """Wall-clock seconds, or this process's CPU seconds per torch thread ("cpu": steadier on a loaded machine,
+    where the process waits for a core; exact with --threads 1, where no thread spins waiting for another)."""
+    if kind == "wall":
+        return time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) / torch.get_num_threads()
+
+
+def matmul_peak(dtype: torch.dtype, clock_kind: str, repeats: int = 3) -> float:
+    """GFLOP/s of the best of a few 4096² matrix products in `dtype` (after one warm-up)."""
+    a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock(clock_kind)
+        a @ b
+        best = min(best, clock(clock_kind) - start)
+    return 2 * PEAK_SIZE**3 / best / 1e9
+
+
+def random_checkpoints(folder: Path, chain: str) -> None:
+    """Random full-size weights in the official layout (folder = Global/, holding checkpoints/)."""
+    mapping_folder = {"quality": "mapping_quality", "scratch": "mapping_scratch", "hr": "mapping_Patch_Attention"}
+    vae_b = "VAE_B_quality" if chain == "quality" else "VAE_B_scratch"
+    from imgforge.nets.scratch_unet import build_scratch_detector
+
+    files = {
+        "detection/FT_Epoch_latest.pt": {"model_state": build_scratch_detector().state_dict()},
+        "restoration/VAE_A_quality/latest_net_G.pth": build_vae().state_dict(),
+        f"restoration/{vae_b}/latest_net_G.pth": build_vae().state_dict(),
+        f"restoration/{mapping_folder[chain]}/latest_net_mapping_net.pth": build_mapping(chain).state_dict(),
+    }
+    for relative, state in files.items():
+        path = folder / "checkpoints" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+
+
+def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_kind: str) -> dict:
+    """The whole restoration of the sample photo (resized to `size`), networks loaded beforehand."""
+    import numpy as np
+    from PIL import Image
+
+    from imgforge.pipelines.restore import Restorer, Settings, _picture_from_array
+
+    height, width = parse_size(size)
+    photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB").resize((width, height), Image.BICUBIC))
+    settings = Settings(scratches=chain != "quality", hr=chain == "hr")
+    restorer = Restorer(settings, device="cpu", precision=precision, offline=True, weights_dir=Path(weights),
+                        quiet=True)
+    before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    start = clock(clock_kind)
+    restorer.run(_picture_from_array(photo))
+    return {"seconds": clock(clock_kind) - start, "before_gb": before_gb}
+
+
+def measure_one(chain: str, impl: str, size: str, precision: str, save: str | None, weights: str | None,
+                clock_kind: str) -> None:
+    """Child process: one chain (or pipeline) run, then the matmul peak; prints JSON."""
+    dtype = runtime.PRECISIONS[precision]
+    if impl == "pipeline":
+        result = measure_pipeline(chain, size, precision, weights, clock_kind)
+    else:
+        torch.manual_seed(0)
+        image, mask = make_inputs(*parse_size(size))
+        torch.manual_seed(1)  # the same random weights on both sides
+        nets = (build_vae(), build_vae(), build_mapping(chain))
+        if impl == "imgforge":
+            nets = tuple(runtime.place(net, torch.device("cpu"), dtype) for net in nets)
+        before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # torch, weights and inputs
+        with torch.inference_mode():
+            start = clock(clock_kind)
+            output = run_chain(chain, impl, nets, image.to(dtype), mask).float()
+            result = {"seconds": clock(clock_kind) - start, "before_gb": before_gb}
+        if save:
+            torch.save(output, save)
+    result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB
     with torch.inference_mode():
-        start = time.perf_counter()
-        output = run_chain(chain, impl, nets, image, mask)
-        seconds = time.perf_counter() - start
-    if save:
-        torch.save(output, save)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
-    print(json.dumps({"seconds": seconds, "peak_gb": peak_gb, "before_gb": before_gb}))
+        result["matmul_gflops"] = matmul_peak(dtype, clock_kind)
+    print(json.dumps(result))
 
 
-def spawn(chain: str, impl: str, size: str, save: Path | None, threads: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--one", size, "--impl", impl, "--chain", chain]
+def spawn(chain: str, impl: str, size: str, precision: str, save: Path | None, threads: int | None,
+          weights: str | None, clock_kind: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", size, "--impl", impl, "--chain", chain, "--precisions", precision,
+           "--clock", clock_kind]
     if threads:
         cmd += ["--threads", str(threads)]
     if save:
         cmd += ["--save", str(save)]
+    if weights:
+        cmd += ["--weights", weights]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
@@ -117,41 +212,79 @@ def spawn(chain: str, impl: str, size: str, save: Path | None, threads: int | No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["512", "768", "1024", "2048", "4000x3000"])
-    parser.add_argument("--reference-sizes", nargs="*", default=["512", "768"])
+    parser.add_argument("--sizes", nargs="+", default=["512"])
+    parser.add_argument("--reference-sizes", nargs="*", default=["512"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=sorted(runtime.PRECISIONS))
     parser.add_argument("--chain", choices=["scratch", "quality", "hr"], default="scratch")
+    parser.add_argument("--pipeline", action="store_true", help="time the whole restoration instead of the chain")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of alternating measurements; best counts")
     parser.add_argument("--threads", type=int, help="torch threads in each measurement (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall-clock seconds, or CPU seconds per thread (steadier on a loaded machine)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["imgforge", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["imgforge", "reference", "pipeline"], help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        measure_one(args.chain, args.impl, args.one, args.save)
+        measure_one(args.chain, args.impl, args.one, args.precisions[0], args.save, args.weights, args.clock)
         return
-    if args.chain == "hr" and args.reference_sizes:
-        parser.error("the hr chain has no straightforward reference here; pass --reference-sizes with no value")
-    print(f"chain {args.chain}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if (args.chain == "hr" or args.pipeline) and args.reference_sizes:
+        parser.error("the hr chain and --pipeline have no reference here; pass --reference-sizes with no value")
+    print(f"chain {args.chain}{' (whole pipeline)' if args.pipeline else ''}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {args.clock} clock")
     with tempfile.TemporaryDirectory() as tmp:
+        weights = None
+        if args.pipeline:
+            torch.manual_seed(1)
+            random_checkpoints(Path(tmp), args.chain)
+            weights = tmp
         for size in args.sizes:
-            compare = size in args.reference_sizes
-            ours = spawn(args.chain, "imgforge", size, Path(tmp, "ours.pt") if compare else None, args.threads)
-            line = f"{size:>10}  imgforge {_fmt(ours)}"
-            if compare:
-                ref = spawn(args.chain, "reference", size, Path(tmp, "ref.pt"), args.threads)
-                line += f" | reference {_fmt(ref)}"
-                if "error" not in ours and "error" not in ref:
-                    diff = (torch.load(Path(tmp, "ours.pt")) - torch.load(Path(tmp, "ref.pt"))).abs().max().item()
-                    line += (f" | speed-up x{ref['seconds'] / ours['seconds']:.2f}, memory"
-                             f" x{ref['peak_gb'] / ours['peak_gb']:.2f} less, max |diff| {diff:.2g}")
-            print(line, flush=True)
+            flops = chain_flops(args.chain, size)
+            runs = [("reference", "fp32")] if size in args.reference_sizes else []
+            runs += [("pipeline" if args.pipeline else "imgforge", p) for p in args.precisions]
+            best: dict[tuple[str, str], dict] = {}
+            for _ in range(args.repeat):
+                for impl, precision in runs:
+                    save = Path(tmp, f"{impl}-{precision}.pt") if not args.pipeline else None
+                    result = spawn(args.chain, impl, size, precision, save, args.threads, weights, args.clock)
+                    print(f"{size:>10}  {impl:9} {precision}  {_fmt(result, flops)}", flush=True)
+                    if "error" not in result and result["seconds"] < best.get((impl, precision), {}).get(
+                            "seconds", float("inf")):
+                        best[(impl, precision)] = result
+            _summary(size, best, tmp, args.pipeline)
 
 
-def _fmt(result: dict) -> str:
+def _fmt(result: dict, flops: float) -> str:
     if "error" in result:
         return f"failed ({result['error']})"
-    return f"{result['seconds']:7.1f} s {result['peak_gb']:6.2f} GB peak ({result['before_gb']:.2f} before the run)"
+    rate = flops / result["seconds"] / 1e9
+    return (f"{result['seconds']:7.1f} s {result['peak_gb']:6.2f} GB peak ({result['before_gb']:.2f} before)  "
+            f"{rate:5.0f} GFLOP/s = {rate / result['matmul_gflops']:4.0%} of the matmul peak measured with it "
+            f"({result['matmul_gflops']:.0f})")
+
+
+def _summary(size: str, best: dict, tmp: str, pipeline: bool) -> None:
+    """Ratios of the best times (and peak memory) against the reference and against imgforge fp32."""
+    impl = "pipeline" if pipeline else "imgforge"
+    parts = []
+    for base_name, base in (("reference", best.get(("reference", "fp32"))), ("fp32", best.get((impl, "fp32")))):
+        if base is None:
+            continue
+        for (name, precision), result in best.items():
+            if name == "reference" or (base_name == "fp32" and precision == "fp32"):
+                continue
+            part = f"{precision} x{base['seconds'] / result['seconds']:.2f} faster than {base_name}"
+            if base_name == "reference":
+                part += f", x{base['peak_gb'] / result['peak_gb']:.2f} less memory"
+                ours, ref = Path(tmp, f"{name}-{precision}.pt"), Path(tmp, "reference-fp32.pt")
+                if ours.exists() and ref.exists():
+                    part += f", max |diff| {(torch.load(ours) - torch.load(ref)).abs().max().item():.2g}"
+            parts.append(part)
+    if parts:
+        print(f"{size:>10}  best of each: " + "; ".join(parts), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
 """A model's files -> verified local paths.
 
 Lookup order for each file (docs/models.md says the same):
-  1. the weights folder (`weights_dir` / --weights-dir, else $IMGFORGE_WEIGHTS_DIR), at
-     `<dir>/<path>`, then `<dir>/<model name>/<file name>`, then `<dir>/<file name>`;
+  1. the weights folders (`weights_dir` / --weights-dir, repeatable, else $IMGFORGE_WEIGHTS_DIR, an os.pathsep
+     list), each whatever its name: the trailing components of the file's path (Hub path or zip member), longest
+     first, under the folder and then under each of its sub-folders (the bare file name only if no other file of
+     the manifest shares it), then `<dir>/<model name>/<file name>`;
   2. Hub files: `hf_hub_download` into the standard Hugging Face cache (a pinned, cached file costs no request);
      URL files: `<HF hub cache>/imgforge-urls/<sha256(url)[:16]>/<file name>`, zip members extracted beside the
      archive under `members/<member path>`;
   3. offline (`offline=True` or HF_HUB_OFFLINE=1) and not found: WeightsUnavailable (exit code 4).
-Every file whose sha256 (or size) the manifest knows is checked before it is returned, after a download and on
-cache hits; a hash already checked is remembered (by size and mtime) under `<HF hub cache>/imgforge-verified/`,
-so large files are hashed once. A bad cached file is deleted; a bad file in the user's weights folder is not.
+A lock file in effect (imgforge/lock.py) pins each file it names to its recorded Hub commit, sha256 and size.
+Every file whose sha256 (or size) the manifest or the lock knows is checked before it is returned, after a
+download and on cache hits; a hash already checked is remembered (by size and mtime) under
+`<HF hub cache>/imgforge-verified/`, so large files are hashed once. A bad cached file is deleted; a bad file in
+the user's weights folder is not.
 
 Progress: Hub downloads show huggingface_hub's own bar, URL downloads a rich bar; quiet=True shows neither.
 """
@@ -27,25 +31,28 @@ import urllib.request
 import uuid
 import zipfile
 import zlib
-from pathlib import Path
-from typing import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence
 
 from huggingface_hub import errors as hf_errors
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.utils import silent_tqdm
 
-from . import __version__
+from . import __version__, lock
 from .errors import ChecksumMismatch, DownloadError, ModelError, WeightsUnavailable
-from .manifest import FileSource, ModelEntry
+from .manifest import FileSource, ModelEntry, load_manifest
 from .progress import make_progress
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _URL_TIMEOUT_S = 60
 _CHUNK = 1 << 20
+_MANIFEST = "the manifest"
+
+WeightsDirs = Path | str | Sequence[Path | str] | None  # one weights folder or several, in lookup order
 
 
 def fetch_model(
-    entry: ModelEntry, *, offline: bool | None = None, weights_dir: Path | None = None, quiet: bool = False
+    entry: ModelEntry, *, offline: bool | None = None, weights_dir: WeightsDirs = None, quiet: bool = False
 ) -> dict[str, Path]:
     """Local, verified paths of all the model's files, by role (downloading what is missing)."""
     return {
@@ -54,24 +61,45 @@ def fetch_model(
 
 
 def fetch_file(
-    entry: ModelEntry, role: str, *, offline: bool | None = None, weights_dir: Path | None = None,
-    quiet: bool = False,
+    entry: ModelEntry, role: str, *, offline: bool | None = None, weights_dir: WeightsDirs = None,
+    quiet: bool = False, locked: bool = True,
 ) -> Path:
-    """Local, verified path of one file of the model (downloading it if it is missing)."""
-    source = file_source(entry, role)
+    """Local, verified path of one file of the model (downloading it if it is missing), as the lock file in
+    effect pins it (`locked=False`: as the manifest alone says, for writing a new lock)."""
+    source, authority = expected_source(entry, role, locked=locked)
     local = _in_weights_dir(entry, source, weights_dir)
     if local is not None:
-        verify(entry, source, local)
+        verify(entry, source, local, authority=authority)
         return local
     if source.hub:
-        return _fetch_hub_file(entry, source, is_offline(offline), quiet)
-    return _fetch_url_file(entry, source, is_offline(offline), quiet)
+        return _fetch_hub_file(entry, source, is_offline(offline), quiet, authority)
+    return _fetch_url_file(entry, source, is_offline(offline), quiet, authority)
 
 
-def cached_file(entry: ModelEntry, role: str, *, weights_dir: Path | None = None) -> Path | None:
+def expected_source(entry: ModelEntry, role: str, *, locked: bool = True) -> tuple[FileSource, str]:
+    """One file's source with what is expected of it (commit, sha256, size), from the lock in effect if it
+    names the file, else from the manifest; and which of the two vouches for it."""
+    source = file_source(entry, role)
+    return lock.pinned(entry, source) if locked else (source, _MANIFEST)
+
+
+def lock_record(entry: ModelEntry, role: str, *, offline: bool | None = None, weights_dir: WeightsDirs = None,
+                quiet: bool = False) -> lock.LockedFile:
+    """What a lock file records for one file: fetched as the manifest says (downloading what is missing), then
+    described by its Hub commit (or the URL it came from), sha256 and size."""
+    source = file_source(entry, role)
+    path = fetch_file(entry, role, offline=offline, weights_dir=weights_dir, quiet=quiet, locked=False)
+    digest, size = sha256_of(path), path.stat().st_size
+    if source.hub:
+        return lock.LockedFile(digest, size, hub=source.hub, path=source.path, revision=_snapshot_commit(path))
+    used = next((url for url in source.urls if _url_target(url, source) == path), source.urls[0])
+    return lock.LockedFile(digest, size, url=used, member=source.member)
+
+
+def cached_file(entry: ModelEntry, role: str, *, weights_dir: WeightsDirs = None) -> Path | None:
     """The local copy of one file (weights folder or cache) without any network access or hashing; None if
     there is none."""
-    source = file_source(entry, role)
+    source, _ = expected_source(entry, role)
     local = _in_weights_dir(entry, source, weights_dir)
     if local is not None:
         return local
@@ -84,24 +112,29 @@ def cached_file(entry: ModelEntry, role: str, *, weights_dir: Path | None = None
     return None
 
 
-def verify(entry: ModelEntry, source: FileSource, path: Path, *, rehash: bool = False) -> bool:
-    """Check `path` against the manifest's size and sha256; True if a sha256 was checked, False if none is known.
+def verify(entry: ModelEntry, source: FileSource, path: Path, *, rehash: bool = False,
+           authority: str = _MANIFEST) -> bool:
+    """Check `path` against the size and sha256 of `source` (which `authority`, the manifest or a lock file,
+    vouches for); True if a sha256 was checked, False if none is known.
 
     A mismatching file inside the cache is deleted (for Hub files, the blob and the snapshot link) and
     ChecksumMismatch raised; a file elsewhere (the user's weights folder) is left in place. `rehash` ignores
     the record of earlier checks."""
     size = path.stat().st_size
-    if source.size is not None and size != source.size:
-        _reject(entry, source, path, f"is {size} bytes, the manifest says {source.size}")
+    wrong_size = source.size is not None and size != source.size
     if source.sha256 is None:
+        if wrong_size:
+            _reject(entry, source, path, f"is {size} bytes, {authority} says {source.size}")
         return False
     record = _verified_record(path)
     stamp = _stamp(path, source.sha256)
-    if not rehash and _read(record) == stamp:
+    if not rehash and not wrong_size and _read(record) == stamp:
         return True
     actual = sha256_of(path)
-    if actual != source.sha256:
-        _reject(entry, source, path, f"has sha256 {actual}, the manifest says {source.sha256}")
+    if wrong_size or actual != source.sha256:
+        sizes = f" ({size} bytes)", f" ({source.size} bytes)" if source.size is not None else ""
+        _reject(entry, source, path, f"has sha256 {actual}{sizes[0] if wrong_size else ''}, {authority} says "
+                f"{source.sha256}{sizes[1] if wrong_size else ''}")
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(stamp)
@@ -150,19 +183,49 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _in_weights_dir(entry: ModelEntry, source: FileSource, weights_dir: Path | None) -> Path | None:
-    folder = weights_dir or os.environ.get("IMGFORGE_WEIGHTS_DIR")
-    if not folder:
-        return None
-    folder = Path(folder).expanduser()
-    candidates = [folder / source.path, folder / entry.name / source.basename]
-    # A loose file by its bare name only for bare paths: several files share names like latest_net_G.pth.
-    if "/" not in source.path:
-        candidates.append(folder / source.basename)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
+def weights_folders(weights_dir: WeightsDirs = None) -> list[Path]:
+    """The weights folders to look in, in order: those given (--weights-dir, repeatable), else the os.pathsep
+    separated list in $IMGFORGE_WEIGHTS_DIR."""
+    if weights_dir is None or weights_dir == []:
+        given = [part for part in os.environ.get("IMGFORGE_WEIGHTS_DIR", "").split(os.pathsep) if part]
+    elif isinstance(weights_dir, (str, os.PathLike)):
+        given = [weights_dir]
+    else:
+        given = list(weights_dir)
+    return [Path(folder).expanduser() for folder in given]
+
+
+def _in_weights_dir(entry: ModelEntry, source: FileSource, weights_dir: WeightsDirs) -> Path | None:
+    """The file in a weights folder, whatever the folder is called: an official folder renamed or moved, the
+    folder above it, or a flat folder of the files themselves."""
+    parts = PurePosixPath(source.path).parts
+    # down to the bare name only when no other file of the manifest shares it (e.g. latest_net_G.pth)
+    shortest = 1 if _shared_basenames().count(parts[-1]) <= 1 else 2
+    tails = [Path(*parts[start:]) for start in range(len(parts) - shortest + 1)] or [Path(*parts)]
+    for folder in weights_folders(weights_dir):
+        roots = [folder, *_sub_folders(folder)]
+        for candidate in [root / tail for tail in tails for root in roots] + [folder / entry.name / parts[-1]]:
+            if candidate.is_file():
+                return candidate
     return None
+
+
+def _shared_basenames() -> list[str]:
+    """The file name of every file of every model in the manifest (a name listed twice is ambiguous)."""
+    return [source.basename for entry in load_manifest().values() for source in entry.files.values()]
+
+
+def _sub_folders(folder: Path) -> list[Path]:
+    try:
+        return sorted(path for path in folder.iterdir() if path.is_dir())
+    except OSError:
+        return []
+
+
+def _snapshot_commit(path: Path) -> str | None:
+    """The Hub commit of a file in the Hugging Face cache (`.../snapshots/<commit>/<path>`); None elsewhere."""
+    parts = path.parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
 
 
 def _hub_cached(source: FileSource) -> Path | None:
@@ -172,13 +235,13 @@ def _hub_cached(source: FileSource) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-def _fetch_hub_file(entry: ModelEntry, source: FileSource, offline: bool, quiet: bool) -> Path:
+def _fetch_hub_file(entry: ModelEntry, source: FileSource, offline: bool, quiet: bool, authority: str) -> Path:
     # A file at a pinned commit, or any file offline, is a plain cache lookup: hf_hub_download may contact the
     # endpoint (its user-agent telemetry) even for a cached file or with local_files_only.
     if offline or source.revision:
         path = _hub_cached(source)
         if path is not None:
-            verify(entry, source, path)
+            verify(entry, source, path, authority=authority)
             return path
         if offline:
             raise _unavailable(entry, source)
@@ -213,17 +276,17 @@ def _fetch_hub_file(entry: ModelEntry, source: FileSource, offline: bool, quiet:
     except (OSError, getattr(hf_errors, "HTTPError", OSError)) as exc:
         raise DownloadError(f"cannot download {what}: {_first_line(exc)}") from None
     path = Path(found)
-    verify(entry, source, path)
+    verify(entry, source, path, authority=authority)
     return path
 
 
-def _fetch_url_file(entry: ModelEntry, source: FileSource, offline: bool, quiet: bool) -> Path:
+def _fetch_url_file(entry: ModelEntry, source: FileSource, offline: bool, quiet: bool, authority: str) -> Path:
     for url in source.urls:  # a copy from any of the addresses will do
         target = _url_target(url, source)
         if not target.is_file() and source.member and _archive_path(url).is_file():
             _extract(url, source.member, target)
         if target.is_file():
-            verify(entry, source, target)
+            verify(entry, source, target, authority=authority)
             return target
     if offline:
         raise _unavailable(entry, source)
@@ -237,7 +300,7 @@ def _fetch_url_file(entry: ModelEntry, source: FileSource, offline: bool, quiet:
         target = _url_target(url, source)
         if source.member:
             _extract(url, source.member, target)
-        verify(entry, source, target)
+        verify(entry, source, target, authority=authority)
         return target
     raise DownloadError(f"cannot download {source.basename} of model '{entry.name}': {'; '.join(failures)}")
 

@@ -4,6 +4,10 @@ as Rich markup: the console has markup off, and colour comes from styled Text.""
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
+from typing import Callable, Iterator
+
 from rich.console import Console
 from rich.text import Text
 from rich.progress import (
@@ -34,6 +38,27 @@ def make_progress(*, quiet: bool = False, transient: bool = False, transfer: boo
         disable=quiet,
         transient=transient,
     )
+
+
+# Who listens to progress within one item (a photo that takes minutes): set by the loop that owns the bar.
+_within_item: ContextVar[Callable[[float, str], None] | None] = ContextVar("within_item", default=None)
+
+
+@contextlib.contextmanager
+def listening_within_item(listener: Callable[[float, str], None]) -> Iterator[None]:
+    """While the block runs, report_within_item(fraction, stage) calls `listener` (e.g. to move the bar)."""
+    token = _within_item.set(listener)
+    try:
+        yield
+    finally:
+        _within_item.reset(token)
+
+
+def report_within_item(fraction: float, stage: str) -> None:
+    """How far the item being computed has got (0 to 1) and what it is doing; nothing when no bar listens."""
+    listener = _within_item.get()
+    if listener is not None:
+        listener(min(max(fraction, 0.0), 1.0), stage)
 
 
 def printable(text: object) -> str:

@@ -18,12 +18,10 @@ from imgforge.imageio import read_image, write_image
 
 
 class CallbackTask:
-    label = "test"
-
     def __init__(self, load: Callable, compute: Callable, save: Callable, batch_size: int = 1,
-                 group_key: Callable | None = None):
+                 group_key: Callable | None = None, label: str = "test"):
         self.load, self.compute, self.save, self.batch_size = load, compute, save, batch_size
-        self._group_key = group_key
+        self._group_key, self.label = group_key, label
 
     def setup(self) -> CallbackTask:
         return self
@@ -32,8 +30,8 @@ class CallbackTask:
         return self._group_key(item) if self._group_key else None
 
 
-def run(jobs, *, load, compute, save, batch_size=1, group_key=None, **options) -> BatchReport:
-    return execute(CallbackTask(load, compute, save, batch_size, group_key), jobs, **options)
+def run(jobs, *, load, compute, save, batch_size=1, group_key=None, label="test", **options) -> BatchReport:
+    return execute(CallbackTask(load, compute, save, batch_size, group_key, label), jobs, **options)
 
 
 @dataclass(frozen=True)

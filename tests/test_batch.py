@@ -307,3 +307,25 @@ def test_driver_reports_a_bad_image_and_exits_3(tmp_path):
     assert len(result.stderr.splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
     write_image(tmp_path / "out" / "check.png", np.zeros((2, 2), np.uint8))  # the folder stays usable
+
+
+def test_progress_reported_within_an_item_moves_the_bar_and_names_the_stage(monkeypatch):
+    from imgforge import engine
+    from imgforge.progress import make_progress, report_within_item
+
+    bars = []
+    monkeypatch.setattr(engine, "make_progress", lambda **kw: bars.append(make_progress(quiet=True)) or bars[-1])
+    seen = []
+
+    def compute(items):
+        for step in (1, 2):
+            report_within_item(step / 2, f"step {step}")
+            seen.append((bars[0].tasks[0].completed, bars[0].tasks[0].description))
+        return items
+
+    jobs = [Job(Path(f"in{i}.png"), Path(f"out{i}.png")) for i in range(2)]
+    run(jobs, load=lambda job: job, compute=compute, save=lambda *args: None, quiet=True, label="restoring")
+    assert seen == [(0.5, "restoring: step 1"), (1.0, "restoring: step 2"),
+                    (1.5, "restoring: step 1"), (2.0, "restoring: step 2")]
+    assert bars[0].tasks[0].completed == 2 and bars[0].tasks[0].description == "restoring"
+    report_within_item(0.5, "nobody listens")  # outside a batch: nothing happens

@@ -216,7 +216,9 @@ def test_weights_dir_is_looked_up_first(hub_server, write_manifest, tmp_path, mo
 def test_loose_file_does_not_stand_in_for_a_file_in_a_folder(hub_server, write_manifest, tmp_path):
     # official checkpoints share names (latest_net_G.pth): a loose one must not be taken for all of them
     hub_server.add_file("org/tiny", "sub/w.bin", DATA)
-    _zoo(write_manifest, tmp_path, f'files.weights = {hub_server.file_table("org/tiny", "sub/w.bin")}')
+    hub_server.add_file("org/tiny", "other/w.bin", OTHER)
+    _zoo(write_manifest, tmp_path, f'files.weights = {hub_server.file_table("org/tiny", "sub/w.bin")}\n'
+                                   f'files.more = {hub_server.file_table("org/tiny", "other/w.bin")}')
     folder = tmp_path / "weights"
     folder.mkdir()
     (folder / "w.bin").write_bytes(OTHER)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from conformance_checks.common import TOLERANCE, load_fixture
 from imgforge.errors import ModelError
+from imgforge.nets import nonlocal_attention
 from imgforge.nets import vae as vae_module
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.nonlocal_attention import PartialNonLocalBlock, PatchAttention, latent_validity, masked_attention
@@ -77,14 +78,14 @@ def test_vae_shapes():
 
 def straightforward_attention(queries, keys, values, valid):
     """The official formulation: the whole affinity matrix, softmax, mask, F.normalize(p=1), matmul."""
-    affinity = F.softmax(queries @ keys, dim=1)
+    affinity = F.softmax(queries @ keys.t(), dim=1)
     return F.normalize(valid[None, :] * affinity, p=1, dim=1) @ values
 
 
 def _random_qkv(generator, positions=300, channels=16, scale=1.0):
     def draw(*shape):
         return torch.randn(*shape, generator=generator) * scale
-    return draw(positions, channels), draw(channels, positions), draw(positions, channels)
+    return draw(positions, channels), draw(positions, channels), draw(positions, channels)
 
 
 MASKS = {
@@ -95,20 +96,28 @@ MASKS = {
 }
 
 
+@pytest.fixture(params=["fused", "explicit"])
+def attention_path(request, monkeypatch):
+    """The fused kernel (what runs on the CPU and most GPUs) and the explicit tiles it falls back to."""
+    if request.param == "explicit":
+        monkeypatch.setattr(nonlocal_attention, "FUSED_BACKENDS", [])  # no kernel allowed: the fallback runs
+    return request.param
+
+
 @pytest.mark.parametrize("mask_name", sorted(MASKS))
-@pytest.mark.parametrize("chunk_rows", [7, 37, 300])
-def test_masked_attention_equals_straightforward(mask_name, chunk_rows):
+@pytest.mark.parametrize("chunk_rows", [7, 300])
+def test_masked_attention_equals_straightforward(mask_name, chunk_rows, attention_path):
     g = torch.Generator().manual_seed(chunk_rows)
     queries, keys, values = _random_qkv(g)
-    valid = MASKS[mask_name](g, keys.shape[1])
+    valid = MASKS[mask_name](g, len(keys))
     expected = straightforward_attention(queries, keys, values, valid)
-    actual = masked_attention(queries, keys, values, valid, chunk_bytes=chunk_rows * 4 * keys.shape[1])
+    actual = masked_attention(queries, keys, values, valid, chunk_bytes=chunk_rows * 4 * len(keys))
     assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5)
     if mask_name == "all scratch":
         assert torch.equal(actual, torch.zeros_like(actual))
 
 
-def test_masked_attention_keeps_the_official_eps_when_usable_keys_are_negligible():
+def test_masked_attention_keeps_the_official_eps_when_usable_keys_are_negligible(attention_path):
     # affinities of hundreds: the usable keys' softmax share underflows below 1e-12, where F.normalize
     # stops renormalising; a softmax restricted to usable keys would differ there.
     g = torch.Generator().manual_seed(5)
@@ -116,9 +125,19 @@ def test_masked_attention_keeps_the_official_eps_when_usable_keys_are_negligible
     valid = (torch.arange(64) % 5 == 0).float()
     expected = straightforward_attention(queries, keys, values, valid)
     actual = masked_attention(queries, keys, values, valid, chunk_bytes=16 * 4 * 64)
-    share = (F.softmax(queries @ keys, dim=1) * valid).sum(1)
+    share = (F.softmax(queries @ keys.t(), dim=1) * valid).sum(1)
     assert (share < 1e-12).any() and (share > 1e-3).any()
     assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_attention_in_bfloat16_stays_near_float32():
+    g = torch.Generator().manual_seed(2)
+    queries, keys, values = _random_qkv(g, positions=256, channels=32, scale=0.5)
+    valid = MASKS["random"](g, 256)
+    expected = straightforward_attention(queries, keys, values, valid)
+    actual = masked_attention(*(t.bfloat16() for t in (queries, keys, values)), valid)
+    assert actual.dtype == torch.bfloat16
+    assert (actual.float() - expected).abs().max() < 0.05 * expected.abs().max()
 
 
 def straightforward_validity(mask, size):
@@ -128,7 +147,8 @@ def straightforward_validity(mask, size):
     return ((bilinear <= 0) & (nearest == 0)).float()
 
 
-def test_partial_nonlocal_block_chunked_equals_straightforward():
+def test_partial_nonlocal_block_chunked_equals_straightforward(monkeypatch):
+    monkeypatch.setattr(nonlocal_attention, "QUERY_CHUNK_ROWS", 10)
     g = torch.Generator().manual_seed(0)
     block = PartialNonLocalBlock(8, chunk_bytes=4 * 4 * 48)
     with torch.no_grad():
@@ -144,7 +164,7 @@ def test_partial_nonlocal_block_chunked_equals_straightforward():
         for i in range(2):
             rows = x[i].flatten(1)
             theta, phi, gx = (F.conv2d(x[i:i + 1], c.weight, c.bias)[0].flatten(1) for c in (block.theta, block.phi, block.g))
-            y = straightforward_attention(theta.t(), phi, gx.t(), valid[i].flatten()).t().reshape(1, 8, 6, 8)
+            y = straightforward_attention(theta.t(), phi.t(), gx.t(), valid[i].flatten()).t().reshape(1, 8, 6, 8)
             w_y = block.res_block(block.W(y))
             expected.append(valid[i] * rows.view(1, 8, 6, 8) + (1 - valid[i]) * w_y)
     assert torch.allclose(actual, torch.cat(expected), rtol=1e-5, atol=1e-5)
@@ -258,3 +278,31 @@ def test_banded_transposed_conv_equals_whole(monkeypatch, height):
     x = torch.randn(2, 3, height, 7)
     with torch.inference_mode():
         assert torch.allclose(vae_module.conv_transpose2d_banded(conv, x), conv(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("band_bytes", [2**22, 700])
+def test_banded_instance_norm_equals_instance_norm(monkeypatch, channels_last, band_bytes):
+    monkeypatch.setattr(vae_module, "NORM_BAND_BYTES", band_bytes)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 6, 23, 9, generator=g) * 3 + 2
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = F.relu(F.instance_norm(x))
+    actual = vae_module.instance_norm_(x.clone(), relu=True)
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    assert actual.is_contiguous(memory_format=torch.channels_last) == channels_last
+    half = x.bfloat16()
+    expected = F.relu(F.instance_norm(half.float()))
+    half = vae_module.instance_norm_(half, relu=True)  # statistics in float32: only the output is rounded
+    assert (half.float() - expected).abs().max() <= 2**-8 * expected.abs().max()
+
+
+def test_banded_conv_keeps_channels_last(monkeypatch):
+    monkeypatch.setattr(vae_module, "BAND_ELEMENTS", 300)
+    conv = torch.nn.Conv2d(4, 5, 3)
+    x = torch.randn(1, 4, 15, 8).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        actual = vae_module.conv2d_banded(conv, x, 1, "reflect")
+    assert actual.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(actual, conv(F.pad(x, (1,) * 4, mode="reflect")), rtol=1e-5, atol=1e-6)

@@ -235,17 +235,6 @@ def test_settings_refuse_scratch_options_without_scratches():
     assert pipeline.Settings(hr=True, mask_dilation=0).dilation == 0
 
 
-def test_official_layout_folder_accepts_global_or_its_checkpoints(tmp_path):
-    (tmp_path / "Global" / "checkpoints" / "restoration").mkdir(parents=True)
-    hub_file = pipeline.manifest.FileSource("vae_a", "restoration/VAE_A_quality/latest_net_G.pth",
-                                            "o/r", None, (), None, None, None)
-    zip_member = pipeline.manifest.FileSource("mapping", "checkpoints/restoration/x/y.pth", None, None,
-                                              (ZIP_URL,), "checkpoints/restoration/x/y.pth", None, None)
-    for folder in (tmp_path / "Global", tmp_path / "Global" / "checkpoints"):
-        assert pipeline._official_layout_folder(folder, hub_file) == tmp_path / "Global" / "checkpoints"
-        assert pipeline._official_layout_folder(folder, zip_member) == tmp_path / "Global"
-
-
 # -- the stages, with tiny networks -----------------------------------------------------------------------------
 
 
@@ -333,3 +322,43 @@ def test_metadata_is_carried_to_the_output_file(weights_dir, tmp_path):
         assert out.size == (80, 64)
         assert out.info.get("icc_profile") == icc
         assert out.getexif().get(0x010E) == "grandma, 1931"
+
+
+@pytest.mark.parametrize("hr", [False, True])
+def test_bf16_keeps_the_fp32_mask_and_stays_near_the_fp32_output(weights_dir, hr):
+    photo = scratched_photo(96, 128)
+    results = {precision: pipeline.restore_image(photo, hr=hr, device="cpu", precision=precision,
+                                                 weights_dir=weights_dir) for precision in ("fp32", "bf16")}
+    assert np.array_equal(results["bf16"].mask, results["fp32"].mask) and results["fp32"].mask.any()
+    # tiny random networks amplify rounding (rounding only their input to bf16 moves ~2 levels on average,
+    # the weights ~4.5): a nearby picture, far closer than an unrelated one; full-size figures in docs/restore.md
+    levels = np.abs(results["bf16"].pixels.astype(int) - results["fp32"].pixels.astype(int))
+    unrelated = np.abs(results["fp32"].pixels.astype(int) - results["fp32"].pixels[::-1].astype(int))
+    assert 0 < levels.mean() < unrelated.mean() / 2
+
+
+def test_reduced_precision_places_networks_as_they_declare(weights_dir):
+    restorer = pipeline.Restorer(pipeline.Settings(), device="cpu", precision="bf16", weights_dir=weights_dir,
+                                 quiet=True)
+    assert restorer.detector.float32_only
+    dtypes = {name: next(getattr(restorer, name).parameters()).dtype
+              for name in ("detector", "vae_a", "mapping", "vae_b")}
+    assert dtypes == {"detector": torch.float32, "vae_a": torch.bfloat16, "mapping": torch.bfloat16,
+                      "vae_b": torch.bfloat16}
+    assert restorer.mapping.NL.res_block[0].conv_block[1].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_progress_within_a_photo_follows_stages_and_attention_chunks(weights_dir, monkeypatch):
+    from imgforge.nets import nonlocal_attention
+    from imgforge.progress import listening_within_item
+
+    monkeypatch.setattr(nonlocal_attention, "QUERY_CHUNK_ROWS", 200)  # a 96x128 photo: 768 latent positions
+    restorer = pipeline.Restorer(pipeline.Settings(), device="cpu", weights_dir=weights_dir, quiet=True)
+    reports = []
+    with listening_within_item(lambda fraction, stage: reports.append((fraction, stage))):
+        restorer.run(pipeline._picture_from_array(scratched_photo(96, 128)))
+    stages = [stage for _, stage in reports]
+    assert stages == ["detecting scratches", "encoding", "mapping", "mapping 1/4", "mapping 2/4", "mapping 3/4",
+                      "mapping 4/4", "decoding"]
+    fractions = [fraction for fraction, _ in reports]
+    assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] < 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -35,8 +36,16 @@ def _root(
     version: Annotated[
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
+    lock: Annotated[
+        Optional[Path],
+        typer.Option("--lock", metavar="FILE", show_default=False,
+                     help="Check every weights file against this lock file (also IMGFORGE_LOCK; default: "
+                     "imgforge.lock in the working folder, if there is one)."),
+    ] = None,
 ) -> None:
     """imgforge: pix2pix/CycleGAN translation, old-photo restoration and DDPM sampling."""
+    if lock is not None:  # the one place the lock is read from (imgforge.lock.lock_path), for this process
+        os.environ["IMGFORGE_LOCK"] = str(lock)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -49,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code. Click handles usage errors itself (exit 2); our
     errors become one line on stderr, and no traceback reaches the user (IMGFORGE_DEBUG=1 re-raises)."""
     debug = os.environ.get("IMGFORGE_DEBUG") == "1"
+    lock = os.environ.get("IMGFORGE_LOCK")
     try:
         app(args=argv, prog_name="imgforge")
     except SystemExit as exc:
@@ -72,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             print_error(f"internal error: {type(exc).__name__}: {_one_line(exc)} (set IMGFORGE_DEBUG=1 for the "
                         "traceback)")
         return 1
+    finally:  # --lock holds for this run only (main may run several times in one process, e.g. in tests)
+        if lock is None:
+            os.environ.pop("IMGFORGE_LOCK", None)
+        else:
+            os.environ["IMGFORGE_LOCK"] = lock
     return 0
 
 

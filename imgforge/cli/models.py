@@ -6,6 +6,8 @@ imgforge.hub is imported inside the commands: it pulls in huggingface_hub (~0.1 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
@@ -66,15 +68,21 @@ def pull(names: Names, offline: Offline = False, weights_dir: WeightsDir = None,
 
 @models_app.command()
 def verify(
-    names: Annotated[Optional[List[str]], typer.Argument(help="Model names; default: every cached model.",
+    names: Annotated[Optional[List[str]], typer.Argument(help="Model names; default: every model the lock file "
+                                                         "records, else every cached model.",
                                                          show_default=False)] = None,
     weights_dir: WeightsDir = None,
 ) -> None:
-    """Re-hash cached weights against the manifest's sha256; a mismatching cached file is deleted (exit 1)."""
-    from ..hub import cached_file, verify as verify_file
+    """Re-hash cached weights against the lock file's sha256 (else the manifest's); a mismatching cached file is
+    deleted (exit 1)."""
+    from ..hub import cached_file, expected_source, verify as verify_file
+    from ..lock import lock_path, read_lock
 
+    lock = lock_path()
     if names:
         entries = [get_model(name) for name in names]
+    elif lock is not None:
+        entries = [get_model(name) for name in read_lock(lock)]
     else:
         entries = [entry for entry in load_manifest().values()
                    if any(cached_file(entry, role, weights_dir=weights_dir) for role in entry.files)]
@@ -82,23 +90,62 @@ def verify(
             console.print("no model has cached files")
             return
     table = Table("model", "file", "status", "path", box=None)
-    mismatches = 0
+    mismatches = []
     for entry in entries:
-        for role, source in entry.files.items():
+        for role in entry.files:
+            source, authority = expected_source(entry, role)
             path = cached_file(entry, role, weights_dir=weights_dir)
             if path is None:
                 status = "not cached"
             else:
                 try:
-                    status = "ok" if verify_file(entry, source, path, rehash=True) else "no sha256 known"
-                except ChecksumMismatch:
+                    status = "ok" if verify_file(entry, source, path, rehash=True, authority=authority) \
+                        else "no sha256 known"
+                except ChecksumMismatch as exc:
                     status = Text("MISMATCH", style="red")
-                    mismatches += 1
+                    mismatches.append(str(exc))
             table.add_row(entry.name, role, status, str(path or ""))
     _stdout().print(table)
+    for mismatch in mismatches:
+        console.print(f"mismatch: {mismatch}", soft_wrap=True)
     if mismatches:
-        fail(f"{mismatches} file(s) did not match the manifest's sha256 (deleted from the cache where cached; "
-             "'imgforge models pull' downloads them again)")
+        against = f"the lock file {lock}" if lock is not None else "the manifest"
+        fail(f"{len(mismatches)} file(s) did not match the sha256 of {against} (deleted from the cache where "
+             "cached; 'imgforge models pull' downloads them again)")
+
+
+@models_app.command("lock")
+def lock_models(
+    names: Annotated[Optional[List[str]], typer.Argument(help="Model names; default: the models the lock file "
+                                                         "already records, else every model of the manifest.",
+                                                         show_default=False)] = None,
+    file: Annotated[
+        Optional[Path],
+        typer.Option("--file", metavar="FILE", show_default=False,
+                     help="The lock file to write (default: --lock or IMGFORGE_LOCK, else imgforge.lock)."),
+    ] = None,
+    offline: Offline = False,
+    weights_dir: WeightsDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Pin the exact weights: record each file's Hub commit (or URL), sha256 and size in a lock file.
+
+    Files are fetched as the manifest says, downloading what is missing. Every later run with the lock file
+    (--lock FILE, IMGFORGE_LOCK, or imgforge.lock in the working folder) fetches those commits and refuses any
+    file that differs."""
+    from ..hub import lock_record
+    from ..lock import LOCK_NAME, read_lock, write_lock
+
+    target = file or Path(os.environ.get("IMGFORGE_LOCK") or LOCK_NAME)
+    if not names and target.is_file():
+        names = list(read_lock(target))
+    entries = [get_model(name) for name in names] if names else list(load_manifest().values())
+    records = {entry.name: {role: lock_record(entry, role, offline=offline, weights_dir=weights_dir, quiet=quiet)
+                            for role in entry.files} for entry in entries}
+    write_lock(target, records)
+    if not quiet:
+        count = sum(len(files) for files in records.values())
+        console.print(f"locked {count} file(s) of {len(records)} model(s) in {target}", soft_wrap=True)
 
 
 @models_app.command("path")

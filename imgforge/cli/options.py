@@ -46,11 +46,12 @@ Offline = Annotated[
     bool, typer.Option("--offline", help="Never touch the network: use cached or local weights (also HF_HUB_OFFLINE=1).")
 ]
 WeightsDir = Annotated[
-    Optional[Path],
+    Optional[List[Path]],
     typer.Option(
         "--weights-dir",
         metavar="DIR",
-        help="Folder holding the weights files (also IMGFORGE_WEIGHTS_DIR); looked up before the cache.",
+        help="A folder holding weights files, whatever its name, looked up before the cache; give it several "
+        "times for several folders (also IMGFORGE_WEIGHTS_DIR, a list separated by the system's path separator).",
         show_default=False,
     ),
 ]

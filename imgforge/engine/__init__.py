@@ -20,17 +20,18 @@ write the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Iterator, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Hashable, Iterator, Protocol, Sequence
 
 from .. import storage
 from ..batch import Job, output_exists
 from ..errors import ImgforgeError, OutputError, RunWideError
-from ..progress import console, make_progress, printable
+from ..progress import console, listening_within_item, make_progress, printable
 
 ENGINES = ("local", "ray")
 
@@ -114,7 +115,7 @@ def execute(task: Task, jobs: Sequence[Job], *, engine: EngineOptions | str | No
     prepared = runner.prepare(task, options)  # loads the networks (local) or connects to Ray, before the bar
     reporter = Reporter(report, quiet=quiet, json_lines=json_lines)
     with make_progress(quiet=quiet) as progress:
-        reporter.attach(progress, progress.add_task(task.label, total=len(jobs)))
+        reporter.attach(progress, progress.add_task(task.label, total=len(jobs)), task.label)
         try:
             todo = []
             for job, existed, error in planned:
@@ -124,7 +125,7 @@ def execute(task: Task, jobs: Sequence[Job], *, engine: EngineOptions | str | No
                     reporter.add(job_record(job, "skipped"))
                 else:
                     todo.append(job)
-            for record in runner.run(prepared, task, todo, options):
+            for record in runner.run(prepared, task, todo, options, reporter.within):
                 reporter.add(record)
         except KeyboardInterrupt:
             progress.stop()
@@ -152,9 +153,12 @@ def _plan(jobs: Sequence[Job]) -> list[tuple[Job, bool, str | None]]:
     return planned
 
 
-def run_jobs(worker: Worker, jobs: Sequence[Job], batch_size: int) -> Iterator[tuple[Job, dict]]:
+def run_jobs(worker: Worker, jobs: Sequence[Job], batch_size: int,
+             within: Callable[[int], ContextManager] = lambda size: contextlib.nullcontext()
+             ) -> Iterator[tuple[Job, dict]]:
     """Process jobs on one worker, yielding (job, record) as each finishes (input order, except that a failed
-    load can overtake the group still being filled). A RunWideError is raised, not recorded."""
+    load can overtake the group still being filled). A RunWideError is raised, not recorded. `within(size)`
+    wraps each computation of `size` items (the local engine moves its bar inside it)."""
     pending: list[tuple[Job, Any]] = []
     pending_key: Hashable = None
 
@@ -162,7 +166,8 @@ def run_jobs(worker: Worker, jobs: Sequence[Job], batch_size: int) -> Iterator[t
         group = pending[:]
         pending.clear()
         try:
-            results = worker.compute([item for _, item in group])
+            with within(len(group)):
+                results = worker.compute([item for _, item in group])
             if len(results) != len(group):
                 raise RuntimeError(f"compute returned {len(results)} results for {len(group)} inputs")
         except RunWideError:
@@ -220,10 +225,26 @@ class Reporter:
 
     def __init__(self, report: BatchReport, *, quiet: bool, json_lines: bool):
         self.report, self.quiet, self.json_lines = report, quiet, json_lines
-        self.progress = self.task_id = None
+        self.progress = self.task_id = self.label = None
 
-    def attach(self, progress, task_id) -> None:
-        self.progress, self.task_id = progress, task_id
+    def attach(self, progress, task_id, label: str) -> None:
+        self.progress, self.task_id, self.label = progress, task_id, label
+
+    @contextlib.contextmanager
+    def within(self, size: int) -> Iterator[None]:
+        """While a group of `size` items computes, progress reported within it (progress.report_within_item)
+        moves the bar between the records so far and `size` more, and names the stage; afterwards the bar is
+        back for the records to advance it."""
+        finished, label = len(self.report.records), self.label
+
+        def within_group(fraction: float, stage: str) -> None:
+            self.progress.update(self.task_id, completed=finished + fraction * size, description=f"{label}: {stage}")
+
+        try:
+            with listening_within_item(within_group):
+                yield
+        finally:
+            self.progress.update(self.task_id, completed=finished, description=label)
 
     def add(self, record: dict) -> None:
         status = record["status"]

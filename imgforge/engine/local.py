@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 from ..batch import Job
 from . import EngineOptions, Task, Worker, run_jobs
@@ -12,5 +12,6 @@ def prepare(task: Task, options: EngineOptions) -> Worker:
     return task.setup()
 
 
-def run(worker: Worker, task: Task, jobs: Sequence[Job], options: EngineOptions) -> Iterator[dict]:
-    return (record for _, record in run_jobs(worker, jobs, task.batch_size))
+def run(worker: Worker, task: Task, jobs: Sequence[Job], options: EngineOptions,
+        within: Callable[[int], ContextManager]) -> Iterator[dict]:
+    return (record for _, record in run_jobs(worker, jobs, task.batch_size, within))

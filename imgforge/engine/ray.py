@@ -50,7 +50,9 @@ def prepare(task: Task, options: EngineOptions):
     return ray
 
 
-def run(ray, task: Task, jobs: Sequence[Job], options: EngineOptions) -> Iterator[dict]:
+def run(ray, task: Task, jobs: Sequence[Job], options: EngineOptions, within=None) -> Iterator[dict]:
+    """The records of `jobs` run on the actor pool, as they arrive (`within`: the local engine's in-item
+    progress, which cannot reach across processes)."""
     if not jobs:
         return
     blocks = max(1, min(len(jobs), math.ceil(len(jobs) / task.batch_size)))

@@ -7,7 +7,8 @@ NonLocal_feature_mapping_model.py):
   computing the official inference_forward (what the HR path runs).
 
 z is the VAE latent (N, 64, h, w); mask is the image-size scratch mask (N, 1, H, W) in {0, 1}, 1 = scratch;
-each attention block resizes it to the latent size as the official code does. Keys and shapes equal the
+each attention block resizes it to the latent size as the official code does. `on_chunk(done, total)`, if
+given, is called as the attention proceeds (chunks of queries; the HR model's three scales). Keys and shapes equal the
 official `latest_net_mapping_net.pth` files (no remap). `chunk_bytes` bounds the attention's affinity tile.
 """
 
@@ -17,8 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .nonlocal_attention import DEFAULT_CHUNK_BYTES, ChunkCallback, PartialNonLocalBlock, PatchAttention
 from .registry import Descriptor, Export, Family, check_overrides, parameter_count, register
-from .nonlocal_attention import DEFAULT_CHUNK_BYTES, PartialNonLocalBlock, PatchAttention
 from .vae import ResnetBlock, load_official_weights, run_sequential
 
 LATENT_CHANNELS = 64  # the official mapping networks hard-code it (tmp_nc)
@@ -62,9 +63,9 @@ class ScratchMapping(nn.Module):
         self.NL = PartialNonLocalBlock(mc, chunk_bytes)
         self.after_NL = nn.Sequential(*_res_blocks(mc, n_blocks), *_narrowing(mc))
 
-    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, mask: torch.Tensor, on_chunk: ChunkCallback | None = None) -> torch.Tensor:
         features = run_sequential(self.before_NL, z)
-        features = self.NL(features, mask)
+        features = self.NL(features, mask, on_chunk)
         return run_sequential(self.after_NL, features)
 
 
@@ -81,11 +82,15 @@ class PatchAttentionMapping(nn.Module):
         self.NL_scale_3 = PatchAttention(mc, 2, chunk_bytes)
         self.after_NL = nn.Sequential(*_res_blocks(mc, 2), *_narrowing(mc))
 
-    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, mask: torch.Tensor, on_chunk: ChunkCallback | None = None) -> torch.Tensor:
         x = run_sequential(self.before_NL, z)
-        x = run_sequential(self.res_block_1, self.NL_scale_1(x, mask))
-        x = run_sequential(self.res_block_2, self.NL_scale_2(x, mask))
-        return run_sequential(self.after_NL, self.NL_scale_3(x, mask))
+        for scale, (attention, after) in enumerate(((self.NL_scale_1, self.res_block_1),
+                                                    (self.NL_scale_2, self.res_block_2),
+                                                    (self.NL_scale_3, self.after_NL))):
+            x = run_sequential(after, attention(x, mask))
+            if on_chunk is not None:
+                on_chunk(scale + 1, 3)
+        return x
 
 
 MAPPINGS = {"quality": QualityMapping, "scratch": ScratchMapping, "hr": PatchAttentionMapping}

@@ -2,9 +2,11 @@
 
 PartialNonLocalBlock is the official NonLocalBlock2D_with_mask_Res (Global/models/networks.py) with fusion
 "combine", correlation renormalisation, temperature 1, no self attention, dot-product affinity. The official
-code builds the full (positions x positions) affinity matrix; here queries are processed in row chunks, so
-memory is bounded by `chunk_bytes` whatever the photo size, and each row is the same computation:
-softmax over all keys, times the per-key validity, L1-renormalised with eps 1e-12 (F.normalize), times g.
+code builds the full (positions x positions) affinity matrix, softmaxes each row, multiplies it by the
+per-key validity, L1-renormalises it with eps 1e-12 (F.normalize) and multiplies by g. Here the same numbers
+come out of one fused attention call (torch's scaled_dot_product_attention, which never holds more than a
+tile of the affinities): the values carry one more column, the validity, so that one softmax-weighted sum
+gives both the masked numerator and the kept share of the softmax that F.normalize divides by.
 
 PatchAttention is the official Patch_Attention_4.inference_forward (the HR model): every patch mostly
 covered by scratches is replaced by the unscratched patch of highest cosine similarity.
@@ -12,56 +14,100 @@ covered by scratches is replaced by the unscratched patch of highest cosine simi
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .vae import ResnetBlock, conv2d_banded
 
-DEFAULT_CHUNK_BYTES = 256 * 2**20  # one affinity tile (query rows x all keys, float32)
+DEFAULT_CHUNK_BYTES = 256 * 2**20  # one affinity tile (query rows x all keys, float32) where no fused kernel runs
+QUERY_CHUNK_ROWS = 4096  # queries per fused attention call: the unit of progress and of temporary memory
 RENORM_EPS = 1e-12  # F.normalize's eps in the official renormalisation
+# zero columns appended to queries and keys: fused kernels want one head size for queries, keys and values,
+# and the values carry the validity column (16 keeps rows aligned for the vector units)
+EXTRA_COLUMNS = 16
+FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+ChunkCallback = Callable[[int, int], None]  # (chunks done, chunks in all): progress within a large photo
 
 
 def latent_validity(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Image-size scratch mask (N, 1, H, W), 1 = scratch -> (N, 1, h, w), 1 = usable latent position.
     As the official block builds it: (1 - [bilinear resize > 0]) * nearest resize of (1 - mask), so a
-    latent position touched by any scratch pixel is unusable."""
+    latent position touched by any scratch pixel is unusable. Computed in float32 whatever the network's
+    precision, so that the same positions are usable."""
+    mask = mask.float()
     touched = F.interpolate(mask, size, mode="bilinear", align_corners=False)
     touched = torch.where(touched > 0, torch.ones_like(touched), touched)
     return (1 - touched) * F.interpolate(1 - mask, size, mode="nearest")
 
 
+class MaskedAttention:
+    """The official masked, renormalised attention of queries over fixed keys and values ((L, C) rows):
+    row i -> p = softmax(q_i . keys) * valid; p / max(sum(p), 1e-12) @ values. The keys and values are set
+    a block of positions at a time (padded, values times validity plus the validity column, so that the
+    projections are never held twice), then the queries are attended a chunk at a time."""
+
+    def __init__(self, positions: int, channels: int, like: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        self.channels = channels
+        self.keys = like.new_zeros(positions, channels + EXTRA_COLUMNS)
+        self.values = like.new_zeros(positions, channels + EXTRA_COLUMNS)
+        self.chunk_bytes = chunk_bytes
+
+    def set_rows(self, start: int, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> None:
+        stop = start + len(keys)
+        self.keys[start:stop, :self.channels] = keys
+        self.values[start:stop, :self.channels] = values * valid[:, None]
+        self.values[start:stop, self.channels] = valid
+
+    def __call__(self, queries: torch.Tensor) -> torch.Tensor:
+        weighted = _attend(F.pad(queries, (0, EXTRA_COLUMNS)), self.keys, self.values, self.chunk_bytes)
+        kept_share = weighted[:, self.channels:self.channels + 1].float().clamp_(min=RENORM_EPS)
+        return (weighted[:, :self.channels].float() / kept_share).to(queries.dtype)
+
+
 def masked_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
                      chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
-    """queries (L, C), keys (C, L), values (L, C), valid (L,) -> (L, C).
-    Row i: p = softmax(queries[i] @ keys) * valid; p / max(sum(p), 1e-12) @ values; computed for a chunk
-    of rows at a time (chunk_bytes bounds the rows x L affinity tile)."""
-    positions = keys.shape[1]
-    rows = max(1, chunk_bytes // (4 * positions))
-    out = torch.empty(queries.shape[0], values.shape[1], dtype=values.dtype, device=values.device)
-    all_valid = bool((valid == 1).all())
-    for start in range(0, queries.shape[0], rows):
-        affinity = queries[start:start + rows] @ keys
-        weights = affinity.sub_(affinity.amax(1, keepdim=True)).exp_()
-        # row sums in float32, so that the 1e-12 clamp holds in half precision too
-        total = weights.sum(1, keepdim=True, dtype=torch.float32)
-        if not all_valid:
-            weights.mul_(valid)
-        kept_share = weights.sum(1, keepdim=True, dtype=torch.float32).div_(total)
-        # softmax share of the usable keys, clamped as F.normalize(p=1) clamps the row sum
-        scale = kept_share.clamp_(min=RENORM_EPS).mul_(total)
-        out[start:start + rows] = (weights @ values).float().div_(scale)
-    return out
+    """queries, keys, values (L, C), valid (L,) -> (L, C): MaskedAttention over whole tensors."""
+    attention = MaskedAttention(len(keys), keys.shape[1], keys, chunk_bytes)
+    attention.set_rows(0, keys, values, valid.to(values.dtype))
+    return attention(queries)
 
 
-def _pointwise(conv: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
+def _attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    """softmax(queries @ keys.T) @ values, unscaled, through a fused kernel (scores and softmax in float32,
+    tile by tile); where none takes these sizes, through an explicit affinity tile of at most chunk_bytes."""
+    try:
+        with sdpa_kernel(FUSED_BACKENDS):
+            return F.scaled_dot_product_attention(queries[None, None], keys[None, None], values[None, None],
+                                                  scale=1.0)[0, 0]
+    except RuntimeError:
+        return attend_explicitly(queries, keys, values, chunk_bytes)
+
+
+def attend_explicitly(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                      chunk_bytes: int) -> torch.Tensor:
+    rows = max(1, chunk_bytes // (4 * len(keys)))
+    return torch.cat([torch.softmax(queries[start:start + rows] @ keys.t(), 1, dtype=torch.float32)
+                      .to(values.dtype) @ values for start in range(0, len(queries), rows)])
+
+
+def _pointwise(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
     """A 1x1 conv applied to positions-by-channels rows (L, C_in) -> (L, C_out)."""
-    return F.linear(features, conv.weight.flatten(1), conv.bias)
+    return F.linear(rows, conv.weight.flatten(1), conv.bias)
+
+
+def positions(x: torch.Tensor) -> torch.Tensor:
+    """One image's features (C, h, w) as positions-by-channels rows (h*w, C): a view of a channels-last map."""
+    return x.permute(1, 2, 0).reshape(-1, x.shape[0])
 
 
 class PartialNonLocalBlock(nn.Module):
     """forward(x: (N, C, h, w), mask: (N, 1, H, W) image-size, 1 = scratch) -> (N, C, h, w).
-    Attention restricted to usable positions, W, three residual blocks; usable positions keep x."""
+    Attention restricted to usable positions, W, three residual blocks; usable positions keep x.
+    `on_chunk(done, total)`, if given, is called after each chunk of queries."""
 
     def __init__(self, channels: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__()
@@ -72,25 +118,26 @@ class PartialNonLocalBlock(nn.Module):
         self.res_block = nn.Sequential(*[ResnetBlock(channels) for _ in range(3)])
         self.chunk_bytes = chunk_bytes
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, on_chunk: ChunkCallback | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
-        valid = latent_validity(mask.to(x.dtype), (h, w))
-        rows_per_chunk = max(1, self.chunk_bytes // (4 * h * w))
+        x = x.contiguous(memory_format=torch.channels_last)
+        valid = latent_validity(mask, (h, w)).to(x.dtype)
+        mixed = torch.empty_like(x)
         for i in range(n):
-            # keys and values as the official block lays them out: (C, L) and a (L, C) view
-            keys = self.phi(x[i:i + 1]).view(c, -1)
-            values = self.g(x[i:i + 1]).view(c, -1).t()
-            usable = valid[i].flatten()
-            if i == 0:  # allocated after the first keys and values: one full-size map less at the peak
-                mixed = torch.empty_like(x)
-            rows = x[i].flatten(1).t()  # (L, C) view
+            rows, usable, out = positions(x[i]), valid[i].flatten(), positions(mixed[i])
+            attention = MaskedAttention(h * w, c, x, self.chunk_bytes)
+            chunks = range(0, h * w, QUERY_CHUNK_ROWS)
+            for start in chunks:
+                part = rows[start:start + QUERY_CHUNK_ROWS]
+                attention.set_rows(start, _pointwise(self.phi, part), _pointwise(self.g, part),
+                                   usable[start:start + QUERY_CHUNK_ROWS])
             # theta and W are 1x1 convs, applied per chunk of query rows: no further full-size map
-            for start in range(0, h * w, rows_per_chunk):
-                stop = min(start + rows_per_chunk, h * w)
-                attended = masked_attention(_pointwise(self.theta, rows[start:stop]), keys, values, usable,
-                                            self.chunk_bytes)
-                mixed[i].view(c, -1)[:, start:stop] = _pointwise(self.W, attended).t()
-            del keys, values
+            for chunk, start in enumerate(chunks):
+                stop = start + QUERY_CHUNK_ROWS
+                out[start:stop] = _pointwise(self.W, attention(_pointwise(self.theta, rows[start:stop])))
+                if on_chunk is not None:
+                    on_chunk(i * len(chunks) + chunk + 1, n * len(chunks))
+            del attention
         for block in self.res_block:
             mixed = block(mixed)
         # "combine": usable positions keep their feature, the others take the attended one
@@ -112,11 +159,12 @@ class PatchAttention(nn.Module):
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.res_block(z)
         h, w = x.shape[2:]
-        touched = F.interpolate(mask.to(x.dtype), (h, w), mode="bilinear", align_corners=False)
+        # which patches count as scratched is decided in float32 whatever the network's precision
+        touched = F.interpolate(mask.float(), (h, w), mode="bilinear", align_corners=False)
         touched = torch.where(touched > 0, torch.ones_like(touched), touched)
         for i in range(x.shape[0]):
             self._compose_(x[i], touched[i:i + 1])
-        return conv2d_banded(self.F_Combine, [z, x, touched], 1, "zeros")
+        return conv2d_banded(self.F_Combine, [z, x, touched.to(x.dtype)], 1, "zeros")
 
     def _compose_(self, x: torch.Tensor, touched: torch.Tensor) -> None:
         """x (C, h, w), in place: scratched patches take the best-matching unscratched patch's features."""

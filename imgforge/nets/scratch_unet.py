@@ -66,6 +66,10 @@ class ScratchUNet(nn.Module):
     """forward(x: (N, in_channels, H, W) in [-1, 1]) -> logits (N, out_channels, H, W); H, W multiples of
     2**depth (the skip features must match the upsampled ones exactly)."""
 
+    # Its thresholded output decides which pixels get repainted, so it runs in float32 whatever the
+    # requested precision (runtime.place): the mask is the same as the fp32 one.
+    float32_only = True
+
     def __init__(self, in_channels: int = 1, out_channels: int = 1, depth: int = 4, conv_num: int = 2,
                  wf: int = 6, batch_norm: bool = True, with_tanh: bool = False):
         super().__init__()

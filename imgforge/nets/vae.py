@@ -2,10 +2,10 @@
 with separate encode and decode, and the residual block the mapping networks share.
 
 Keys and shapes equal the official VAE_A_quality / VAE_B_quality / VAE_B_scratch `latest_net_G.pth` (no remap).
-Norm layers are InstanceNorm2d(affine=False) and hold no state. For large photos the layers run with norms and
-activations in place and convolutions in bands of rows, so that at most about three full-size feature maps
-exist at once (the official Sequential holds padded copies and, for the transposed convs, a column buffer
-several times the output).
+Norm layers are InstanceNorm2d(affine=False) and hold no state. The layers run channels-last (oneDNN's own
+layout), with norms and activations in place and convolutions in bands of rows for large photos, so that at
+most about three full-size feature maps exist at once (the official Sequential holds padded copies and, for
+the transposed convs, a column buffer several times the output).
 """
 
 from __future__ import annotations
@@ -17,18 +17,41 @@ from torch import nn
 from ..errors import ModelError
 from .registry import Descriptor, Export, Family, check_overrides, fit_config, parameter_count, register
 
-NORM_SLICE_ELEMENTS = 2**24  # instance norm runs on channel slices of at most this size (64 MB float32)
+NORM_BAND_BYTES = 2**22  # instance norm reads and rewrites a map in bands of rows of about this size
+NORM_EPS = 1e-5
 
 
-def instance_norm_(x: torch.Tensor) -> torch.Tensor:
-    """InstanceNorm2d(affine=False) written back into x. Channels are independent, so F.instance_norm on
-    slices of channels gives the same numbers as on the whole map, with a small temporary instead of a copy."""
-    per_slice = max(1, NORM_SLICE_ELEMENTS // (x.shape[2] * x.shape[3]))
-    for n in range(x.shape[0]):
-        for c in range(0, x.shape[1], per_slice):
-            part = x[n:n + 1, c:c + per_slice]
-            part.copy_(F.instance_norm(part))
+def instance_norm_(x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """InstanceNorm2d(affine=False), then ReLU with `relu`, written back into x. Per image, the statistics are
+    gathered band by band of rows (float32, combined exactly), then each band is normalised through a small
+    temporary: no full-size copy, and each band stays in cache (x is channels-last in the restoration chain,
+    where a band of rows is one contiguous block)."""
+    n, c, h, w = x.shape
+    rows = max(1, NORM_BAND_BYTES // (c * w * x.element_size()))
+    for i in range(n):
+        bands = [x[i:i + 1, :, top:top + rows] for top in range(0, h, rows)]
+        mean, var = _statistics(bands)
+        for band in bands:
+            normed = F.batch_norm(band, mean, var, training=False, eps=NORM_EPS)
+            band.copy_(normed.relu_() if relu else normed)
     return x
+
+
+def _statistics(bands: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance over all bands (float32), from each band's own statistics
+    (batch norm's kernel; a half-precision band is read as float32) combined in float64."""
+    counts, means, variances = [], [], []
+    for band in bands:
+        _, mean, invstd = torch.native_batch_norm(band.float(), None, None, None, None, True, 0.0, NORM_EPS)
+        counts.append(band.shape[2] * band.shape[3])
+        means.append(mean.double())
+        variances.append(invstd.double().pow(-2) - NORM_EPS)
+    if len(bands) == 1:
+        return means[0].float(), variances[0].float()
+    total = sum(counts)
+    mean = sum(k * m for k, m in zip(counts, means)) / total
+    var = sum(k * (v + (m - mean) ** 2) for k, m, v in zip(counts, means, variances)) / total
+    return mean.float(), var.float()
 
 
 BAND_ELEMENTS = 2**24  # a conv reads its input in bands of output rows holding at most this many elements
@@ -49,22 +72,31 @@ def conv2d_banded(conv: nn.Conv2d, inputs: torch.Tensor | list[torch.Tensor], pa
         if mode == "reflect":
             whole = F.pad(whole, (pad,) * 4, mode="reflect")
         return F.conv2d(whole, conv.weight, conv.bias, s, 0 if mode == "reflect" else pad)
-    out = torch.empty(n, conv.out_channels, out_h, out_w, dtype=inputs[0].dtype, device=inputs[0].device)
+    out = torch.empty(n, conv.out_channels, out_h, out_w, dtype=inputs[0].dtype, device=inputs[0].device,
+                      memory_format=memory_format(inputs[0]))
     for first in range(0, out_h, band):
         last = min(first + band, out_h)
-        # rows of the padded map this band reads, in the unpadded map's coordinates
-        rows = torch.arange(first * s - pad, (last - 1) * s - pad + k, device=inputs[0].device)
+        # rows of the padded map this band reads, in the unpadded map's coordinates; only the first and the
+        # last band reach past the map, so padding the band's own edge pads the map's edge
+        top, bottom = first * s - pad, (last - 1) * s - pad + k
+        part = [t[:, :, max(top, 0):min(bottom, h)] for t in inputs]
+        part = torch.cat(part, 1) if len(part) > 1 else part[0]
+        rows = (max(-top, 0), max(bottom - h, 0))
         if mode == "reflect":
-            rows = rows.abs()
-            rows = torch.where(rows > h - 1, 2 * (h - 1) - rows, rows)
-            part = torch.cat([t.index_select(2, rows) for t in inputs], 1)
-            part = F.pad(part, (pad, pad, 0, 0), mode="reflect")
-        else:
-            top, bottom = int(rows[0]), int(rows[-1]) + 1
-            part = torch.cat([t[:, :, max(top, 0):min(bottom, h)] for t in inputs], 1)
-            part = F.pad(part, (pad, pad, max(-top, 0), max(bottom - h, 0)))
-        out[:, :, first:last] = F.conv2d(part, conv.weight, conv.bias, s)
+            out[:, :, first:last] = F.conv2d(F.pad(part, (pad, pad, *rows), mode="reflect"), conv.weight,
+                                             conv.bias, s)
+        else:  # zero columns come from the convolution itself: an inner band is read without any copy
+            part = F.pad(part, (0, 0, *rows)) if any(rows) else part
+            out[:, :, first:last] = F.conv2d(part, conv.weight, conv.bias, s, (0, pad))
     return out
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels-last for a channels-last map (how the restoration networks keep their features: oneDNN's
+    native layout, no conversion around each convolution), else the default layout."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def conv_transpose2d_banded(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +109,7 @@ def conv_transpose2d_banded(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.
     if band >= out_h or conv.output_padding[0]:
         return conv(x)
     out = torch.empty(n, conv.out_channels, out_h, (w - 1) * s - 2 * conv.padding[1] + k,
-                      dtype=x.dtype, device=x.device)
+                      dtype=x.dtype, device=x.device, memory_format=memory_format(x))
     for first in range(0, out_h, band):
         last = min(first + band, out_h)
         # input rows that reach output rows [first, last): row i covers uncropped rows i*s .. i*s + k - 1
@@ -101,16 +133,19 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = instance_norm_(conv2d_banded(self.conv_block[1], x, 1, "reflect")).relu_()
+        h = instance_norm_(conv2d_banded(self.conv_block[1], x, 1, "reflect"), relu=True)
         h = instance_norm_(conv2d_banded(self.conv_block[5], h, 1, "reflect"))
         return h.add_(x)
 
 
 def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """Run a Sequential of reflection pads, convs, InstanceNorm2d, ReLU, ResnetBlock and Tanh layers as
-    written, with padding folded into banded convs and norm/activations in place (fewer full-size maps)."""
+    written, channels-last, with padding folded into banded convs, and norm (with the ReLU after it) and
+    activations in place (fewer full-size maps, fewer passes over them)."""
+    x = x.contiguous(memory_format=torch.channels_last)
     reflect = 0
-    for layer in layers:
+    layers = list(layers)
+    for i, layer in enumerate(layers):
         if isinstance(layer, nn.ReflectionPad2d):
             reflect = layer.padding[0]
         elif isinstance(layer, nn.Conv2d):
@@ -120,9 +155,10 @@ def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         elif isinstance(layer, nn.ConvTranspose2d):
             x = conv_transpose2d_banded(layer, x)
         elif isinstance(layer, nn.InstanceNorm2d):
-            x = instance_norm_(x)
+            x = instance_norm_(x, relu=i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU))
         elif isinstance(layer, nn.ReLU):
-            x = x.relu_()
+            if i == 0 or not isinstance(layers[i - 1], nn.InstanceNorm2d):
+                x = x.relu_()
         elif isinstance(layer, nn.Tanh):
             x = x.tanh_()
         else:

@@ -12,7 +12,6 @@ A photo without faces passes through unchanged.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +29,6 @@ from ..progress import console
 GENERATORS = {256: "face-enhance-256", 512: "face-enhance-512"}
 DETECTOR_MODELS = {"yunet": "face-detect-yunet", "dlib": "face-landmarks-dlib"}
 FACE_BATCH = 4  # test_face.py --batchSize 4
-# where the official repository keeps each file, below its root or the checkpoints folder it lives in
-_OFFICIAL_FOLDERS = (".", "checkpoints", "Face_Enhancement/checkpoints", "Face_Detection")
 
 
 @dataclass
@@ -61,17 +58,15 @@ class FaceEnhancer:
 
     def __init__(self, *, size: int = 256, detector: str = "yunet", device: torch.device,
                  dtype: torch.dtype = torch.float32, backend: str = "torch", offline: bool | None = None,
-                 weights_dir: Path | None = None, quiet: bool = False):
+                 weights_dir: hub.WeightsDirs = None, quiet: bool = False):
         if detector not in DETECTORS:
             raise ImgforgeError(f"unknown face detector {detector!r}: use {' or '.join(DETECTORS)}")
         self.size = size
         self.entry = manifest.get_model(GENERATORS[size])
-        folder = weights_dir or os.environ.get("IMGFORGE_WEIGHTS_DIR")
-        folder = Path(folder).expanduser() if folder else None
         detector_entry = manifest.get_model(DETECTOR_MODELS[detector])
-        detector_file = fetch_face_file(detector_entry, next(iter(detector_entry.files)), folder, offline, quiet)
+        detector_file = fetch_face_file(detector_entry, next(iter(detector_entry.files)), weights_dir, offline, quiet)
         self.detector: FaceDetector = (DlibDetector if detector == "dlib" else YuNetDetector)(detector_file)
-        weights = load_state_dict(fetch_face_file(self.entry, "generator", folder, offline, quiet))
+        weights = load_state_dict(fetch_face_file(self.entry, "generator", weights_dir, offline, quiet))
         generator, family = registry.load(weights, "face_spade", **self.entry.config)
         export = family.describe(generator, size=size).exports[0]
         self.generator = runtime.make_runner(generator, backend=backend, device=device, dtype=dtype, export=export)
@@ -93,21 +88,12 @@ class FaceEnhancer:
         return blended, [FaceCrop(a, e) for a, e in zip(aligned, enhanced)]
 
 
-def fetch_face_file(entry: manifest.ModelEntry, role: str, folder: Path | None, offline: bool | None,
+def fetch_face_file(entry: manifest.ModelEntry, role: str, folder: hub.WeightsDirs, offline: bool | None,
                     quiet: bool) -> Path:
-    """A face-stage file: from a weights folder laid out like the official repository (the folder may be the
-    repository, or one of its checkpoint folders, e.g. Face_Enhancement/checkpoints holding
-    Setting_9_epoch_100/latest_net_G.pth), else as hub.fetch_file finds or downloads it."""
-    source = entry.files[role]
-    if folder is not None:
-        parts = Path(source.path).parts
-        tail = Path(*parts[-2:]) if source.basename == "latest_net_G.pth" else Path(source.basename)
-        for base in (folder, folder.parent, folder.parent.parent):
-            for sub in _OFFICIAL_FOLDERS:
-                candidate = base / sub / tail
-                if candidate.is_file():
-                    hub.verify(entry, source, candidate)
-                    return candidate
+    """A face-stage file, as hub.fetch_file finds or downloads it. A weights folder may be the official
+    repository or any checkpoint folder in it (a restore user's Global/checkpoints too): the repository two
+    levels up is looked in after each folder given."""
+    folders = [up for given in hub.weights_folders(folder) for up in (given, *given.parents[:2])]
     if not quiet:
         console.print(f"loading {entry.name}", markup=False, highlight=False)
-    return hub.fetch_file(entry, role, offline=offline, weights_dir=folder, quiet=quiet)
+    return hub.fetch_file(entry, role, offline=offline, weights_dir=folders, quiet=quiet)

@@ -18,9 +18,10 @@ computation runs as a sequence of stages over one in-memory `Work` item (docs/re
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Sequence
 
 import cv2
@@ -37,7 +38,7 @@ from ..errors import ImgforgeError, InputError, RunWideError
 from ..imageio import Picture
 from ..nets import registry
 from ..nets.mapping import mapping_kind
-from ..progress import console
+from ..progress import console, report_within_item
 from ..storage import location
 from .faces import FaceCrop, FaceEnhancer
 
@@ -51,16 +52,54 @@ MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
 MASK_OUTPUT = "_mask.png"  # --save-mask: <output stem>_mask.png beside each output
 # --save-faces: the aligned and the enhanced faces, side by side in detection order, beside each output
 FACE_OUTPUTS = ("_faces_aligned.png", "_faces_enhanced.png")
+# Nominal work (FLOP) of the official networks, which weighs each step in a photo's progress: per detector
+# input pixel, per image pixel of one VAE pass, per latent position of the mapping's convolutions (and of
+# those before its attention), per pair of latent positions of the scratch attention.
+DETECTOR_WORK = 2.2e6
+VAE_WORK = 9.7e4
+MAPPING_WORK = {"quality": 7.2e7, "scratch": 1.03e8, "hr": 1.5e8}
+BEFORE_ATTENTION_WORK = {"scratch": 7.8e6, "hr": 2.7e7}
+ATTENTION_WORK = 4 * 512
 
 
 @dataclass
 class Work:
     """What flows through the stages: the image (uint8 H x W x 3) at the current stage's size, the scratch mask
-    (bool H x W, True = scratch) at the same size, or None on the quality path."""
+    (bool H x W, True = scratch) at the same size, or None on the quality path, and how far the photo has got."""
 
     image: np.ndarray
     mask: np.ndarray | None = None
     faces: list[FaceCrop] = field(default_factory=list)
+    progress: PhotoProgress | None = None
+
+
+class PhotoProgress:
+    """How far one photo has got, for the batch's bar (progress.report_within_item): each step's share is
+    its nominal work at the photo's size, so that the ETA holds from the first step on; the mapping moves
+    with the attention's chunks, which are nearly all of the work on large photos."""
+
+    def __init__(self, settings: Settings, width: int, height: int):
+        latent = width * height / 16
+        detector = DETECTOR_WORK * DETECTION_SHORT_SIDE**2 * max(width, height) / min(width, height)
+        self.kind = settings.kind
+        attention = ATTENTION_WORK * latent**2 if self.kind == "scratch" else 0.0
+        self.steps = {"detecting scratches": detector if settings.scratches else 0.0,
+                      "encoding": VAE_WORK * width * height, "mapping": MAPPING_WORK[self.kind] * latent + attention,
+                      "decoding": VAE_WORK * width * height}
+        self.before_attention = BEFORE_ATTENTION_WORK.get(self.kind, 0.0) * latent
+        self.attention = attention if self.kind == "scratch" else self.steps["mapping"] - self.before_attention
+        self.done, self.current = 0.0, None
+
+    def begin(self, step: str) -> None:
+        if self.current is not None:
+            self.done += self.steps[self.current]
+        self.current = step
+        report_within_item(self.done / sum(self.steps.values()), step)
+
+    def chunk_done(self, done: int, total: int) -> None:
+        """`done` of `total` chunks of the mapping's attention (or scales of the HR model's) are done."""
+        within = self.before_attention + self.attention * done / total
+        report_within_item((self.done + within) / sum(self.steps.values()), f"{self.current} {done}/{total}")
 
 
 @dataclass
@@ -125,7 +164,7 @@ class Restorer:
 
     def __init__(self, settings: Settings, *, model: str | None = None, device: str = "auto",
                  precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                 weights_dir: Path | None = None, quiet: bool = False):
+                 weights_dir: hub.WeightsDirs = None, quiet: bool = False):
         runtime.check_backend(backend)
         self.device = runtime.select_device(device)
         self.dtype = runtime.select_dtype(precision, self.device)
@@ -144,7 +183,9 @@ class Restorer:
             raise ImgforgeError(f"model '{self.entry.name}': a restore model has the files "
                                 f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
         self.networks = [self._load(role, path) for role, path in paths.items()]
-        nets = {network.role: network.module.to(self.device) for network in self.networks}
+        place = (functools.partial(runtime.place, device=self.device, dtype=self.dtype) if backend == "torch"
+                 else lambda module: module.to(self.device))  # ONNX Runtime runs the float32 graph
+        nets = {network.role: place(network.module) for network in self.networks}
         self.vae_a, self.mapping, self.vae_b = (nets[role] for role in ("vae_a", "mapping", "vae_b"))
         self.detector = nets.get("detector")
         kind = mapping_kind(self.mapping.state_dict())
@@ -168,8 +209,14 @@ class Restorer:
         return registry.Network(role, net, found, source=path, parts=parts)
 
     def _torch_calls(self) -> dict[str, Callable]:
-        return {"detector": lambda x: self.detector(x), "vae_a": lambda x: self.vae_a.encode(x),
-                "mapping": lambda *inputs: self.mapping(*inputs), "vae_b": lambda z: self.vae_b.decode(z)}
+        """Each network called on inputs cast to the precision it was placed in (runtime.place)."""
+        def cast(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return x.to(runtime.dtype_of(net))
+
+        return {"detector": lambda x: self.detector(cast(self.detector, x)),
+                "vae_a": lambda x: self.vae_a.encode(cast(self.vae_a, x)),
+                "mapping": lambda latent, *mask, **progress: self.mapping(cast(self.mapping, latent), *mask, **progress),
+                "vae_b": lambda z: self.vae_b.decode(cast(self.vae_b, z))}
 
     def _onnx_calls(self) -> dict[str, Callable]:
         """One ONNX Runtime graph per network part (exported on first use, cached by weights)."""
@@ -205,7 +252,9 @@ class Restorer:
         if given_mask is not None and given_mask.shape != (picture.height, picture.width):
             raise InputError(f"the mask is {given_mask.shape[1]}x{given_mask.shape[0]}, the image "
                              f"{picture.width}x{picture.height}; they must have the same size")
-        work = Work(np.asarray(picture.to_pil("RGB")))
+        size = _rounded_size(picture.width, picture.height, 16 if self.settings.scratches else 4,
+                             self.settings.mode == "scale")
+        work = Work(np.asarray(picture.to_pil("RGB")), progress=PhotoProgress(self.settings, *size))
         for stage in self.stages(given_mask):
             work = stage(work)
         return _finish(work, picture)
@@ -225,10 +274,11 @@ class Restorer:
         return replace(work, image=_pil_resize(work.image, size, Image.BICUBIC))
 
     def detect_scratches(self, work: Work) -> Work:
+        _begin(work, "detecting scratches")
         grey = np.array(Image.fromarray(work.image).convert("L"))
         x = _normalised(torch.from_numpy(grey)[None, None])
         height, width = grey.shape
-        with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
+        with torch.inference_mode():
             scaled = F.interpolate(x.to(self.device), _detection_size(height, width), mode="bilinear")
             probability = torch.sigmoid(self.run_network["detector"](scaled).float())
         probability = F.interpolate(probability, [height, width], mode="nearest")
@@ -246,13 +296,17 @@ class Restorer:
         if work.mask is not None:  # irregular_hole_synthesize: scratch pixels become white
             image = np.where(work.mask[:, :, None], np.uint8(255), image)
         x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]).to(self.device)
-        with torch.inference_mode(), runtime.autocast(self.device, self.dtype):
+        with torch.inference_mode():
+            _begin(work, "encoding")
             latent = self.run_network["vae_a"](x)
+            _begin(work, "mapping")
             if work.mask is None:
                 mapped = self.run_network["mapping"](latent)
             else:
                 mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
-                mapped = self.run_network["mapping"](latent, mask)
+                chunks = {"on_chunk": work.progress.chunk_done} if work.progress and self.backend == "torch" else {}
+                mapped = self.run_network["mapping"](latent, mask, **chunks)
+            _begin(work, "decoding")
             generated = self.run_network["vae_b"](mapped).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
@@ -277,7 +331,7 @@ def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = T
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
                   stretch: bool = True, faces: bool = True, faces_only: bool = False, face_detector: str = "yunet",
                   device: str = "auto", precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                  weights_dir: Path | None = None, quiet: bool = True) -> RestoreResult:
+                  weights_dir: hub.WeightsDirs = None, quiet: bool = True) -> RestoreResult:
     """Restore one image in memory: a Picture or an array (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]).
     `mask`: a Picture or array of the image's size, scratches white/True. `faces`: enhance the faces after the
     global stage (`faces_only`: instead of it). Loads the networks on each call; restore() loads them once
@@ -297,7 +351,7 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
             backend: str = "torch",
             precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
-            weights_dir: str | os.PathLike | None = None, batch_size: int = 1,
+            weights_dir: hub.WeightsDirs = None, batch_size: int = 1,
             engine: EngineOptions | str | None = None) -> BatchReport:
     """Restore image files (files, folders, globs; local or s3://) into `output` (a file for one input, else a
     folder; default: beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a
@@ -322,7 +376,7 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
         find_mask = _mask_finder(location(mask), len(jobs))
         jobs = [replace(job, options=_mask_option(find_mask, job.source)) for job in jobs]
     task = RestoreTask(settings, device=device, precision=precision, offline=offline,
-                       weights_dir=None if weights_dir is None else Path(weights_dir), quiet=quiet,
+                       weights_dir=weights_dir, quiet=quiet,
                        save_mask=save_mask, save_faces=save_faces, backend=backend,
                        batch_size=batch_size)
     return execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json)
@@ -336,7 +390,7 @@ class RestoreTask:
     device: str
     precision: str
     offline: bool | None
-    weights_dir: Path | None
+    weights_dir: hub.WeightsDirs
     quiet: bool
     save_mask: bool
     save_faces: bool
@@ -409,33 +463,18 @@ def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: Path | None, quiet: bool) -> dict[str, Path]:
-    folder = weights_dir or os.environ.get("IMGFORGE_WEIGHTS_DIR")
+def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: hub.WeightsDirs,
+           quiet: bool) -> dict[str, Path]:
     if not quiet:
         console.print(f"loading {entry.name}", markup=False, highlight=False)
-    paths = {}
-    for role, source in entry.files.items():
-        lookup = _official_layout_folder(Path(folder).expanduser(), source) if folder else None
-        paths[role] = hub.fetch_file(entry, role, offline=offline, weights_dir=lookup, quiet=quiet)
-    return paths
+    return hub.fetch_model(entry, offline=offline, weights_dir=weights_dir, quiet=quiet)
 
 
 def _face_enhancer(settings: Settings, device: torch.device, dtype: torch.dtype, backend: str, offline: bool | None,
-                   weights_dir: Path | None, quiet: bool) -> FaceEnhancer:
+                   weights_dir: hub.WeightsDirs, quiet: bool) -> FaceEnhancer:
     """The face stage: 512 px faces (FaceSR_512, the _HR scripts) with --hr, else 256 px."""
     return FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, device=device,
                         dtype=dtype, backend=backend, offline=offline, weights_dir=weights_dir, quiet=quiet)
-
-
-def _official_layout_folder(folder: Path, source: manifest.FileSource) -> Path:
-    """Users point --weights-dir at the official Global/checkpoints folder or at Global/ above it. Hub paths
-    start at detection/ or restoration/ (inside checkpoints/), members of global_checkpoints.zip at
-    checkpoints/ (one level up): look each file up from the folder that holds its path's first component."""
-    first = PurePosixPath(source.path).parts[0]
-    for candidate in (folder, folder / "checkpoints", folder.parent):
-        if (candidate / first).is_dir():
-            return candidate
-    return folder
 
 
 def _mask_files(mask: Path) -> list[Path]:
@@ -470,6 +509,11 @@ def _mask_option(find_mask: Callable[[Path], Path], source: Path) -> dict:
         return {"mask": str(find_mask(source))}
     except InputError as exc:
         return {"mask_error": str(exc)}
+
+
+def _begin(work: Work, step: str) -> None:
+    if work.progress is not None:
+        work.progress.begin(step)
 
 
 def _mask_stage(mask: np.ndarray) -> Callable[[Work], Work]:
