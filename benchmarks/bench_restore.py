@@ -1,7 +1,8 @@
 """Time, peak memory and arithmetic rate of the restoration chains (VAE encode -> mapping -> VAE decode) at full
 official size with random weights: imgforge's networks in each precision against the straightforward
 formulation of the official code (the whole positions x positions affinity matrix, plain Sequential forwards,
-float32), each measurement in its own process.
+float32), and the same networks as ONNX Runtime graphs (what `--backend onnx` runs, fp32; --no-onnx skips
+them), each measurement in its own process.
 
     python benchmarks/bench_restore.py --sizes 512 --reference-sizes 512 --precisions fp32 bf16 --repeat 2
     python benchmarks/bench_restore.py --sizes 2048 --reference-sizes --precisions bf16
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -150,7 +152,25 @@ def random_checkpoints(folder: Path, chain: str) -> None:
         torch.save(state, path)
 
 
-def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_kind: str) -> dict:
+def onnx_chain(chain: str, nets: tuple):
+    """The chain as ONNX Runtime graphs (exported into $IMGFORGE_CACHE on first use, as --backend onnx does)."""
+    from imgforge.nets import registry
+
+    vae_a, vae_b, mapping = nets
+    cpu = torch.device("cpu")
+    encoder = runtime.onnx_runner(registry.get_family("oldphoto_vae").describe(vae_a).exports[0], cpu)
+    decoder = runtime.onnx_runner(registry.get_family("oldphoto_vae").describe(vae_b).exports[1], cpu)
+    mapper = runtime.onnx_runner(registry.get_family("oldphoto_mapping").describe(mapping).exports[0], cpu)
+
+    def run(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        latent = encoder(image)
+        return decoder(mapper(latent) if chain == "quality" else mapper(latent, mask))
+
+    return run
+
+
+def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_kind: str,
+                     backend: str = "torch") -> dict:
     """The whole restoration of the sample photo (resized to `size`), networks loaded beforehand."""
     import numpy as np
     from PIL import Image
@@ -160,8 +180,8 @@ def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_
     height, width = parse_size(size)
     photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB").resize((width, height), Image.BICUBIC))
     settings = Settings(scratches=chain != "quality", hr=chain == "hr")
-    restorer = Restorer(settings, device="cpu", precision=precision, offline=True, weights_dir=Path(weights),
-                        quiet=True)
+    restorer = Restorer(settings, device="cpu", precision=precision, backend=backend, offline=True,
+                        weights_dir=Path(weights), quiet=True)
     before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = clock(clock_kind)
     restorer.run(_picture_from_array(photo))
@@ -172,8 +192,9 @@ def measure_one(chain: str, impl: str, size: str, precision: str, save: str | No
                 clock_kind: str) -> None:
     """Child process: one chain (or pipeline) run, then the matmul peak; prints JSON."""
     dtype = runtime.PRECISIONS[precision]
-    if impl == "pipeline":
-        result = measure_pipeline(chain, size, precision, weights, clock_kind)
+    if impl in ("pipeline", "pipeline-onnx"):
+        result = measure_pipeline(chain, size, precision, weights, clock_kind,
+                                  "onnx" if impl == "pipeline-onnx" else "torch")
     else:
         torch.manual_seed(0)
         image, mask = make_inputs(*parse_size(size))
@@ -181,10 +202,14 @@ def measure_one(chain: str, impl: str, size: str, precision: str, save: str | No
         nets = (build_vae(), build_vae(), build_mapping(chain))
         if impl == "imgforge":
             nets = tuple(runtime.place(net, torch.device("cpu"), dtype) for net in nets)
+        onnx_run = onnx_chain(chain, nets) if impl == "onnx" else None  # sessions (and graphs) before the clock
         before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # torch, weights and inputs
         with torch.inference_mode():
             start = clock(clock_kind)
-            output = run_chain(chain, impl, nets, image.to(dtype), mask).float()
+            if onnx_run:
+                output = onnx_run(image, mask)
+            else:
+                output = run_chain(chain, impl, nets, image.to(dtype), mask).float()
             result = {"seconds": clock(clock_kind) - start, "before_gb": before_gb}
         if save:
             torch.save(output, save)
@@ -222,7 +247,9 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall-clock seconds, or CPU seconds per thread (steadier on a loaded machine)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["imgforge", "reference", "pipeline"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime measurement")
+    parser.add_argument("--impl", choices=["imgforge", "reference", "pipeline", "onnx", "pipeline-onnx"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,7 +262,10 @@ def main() -> None:
         parser.error("the hr chain and --pipeline have no reference here; pass --reference-sizes with no value")
     print(f"chain {args.chain}{' (whole pipeline)' if args.pipeline else ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.clock} clock")
+    if args.chain == "hr" and not args.no_onnx:
+        parser.error("the hr mapping has no ONNX graph (docs/onnx.md); pass --no-onnx")
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("IMGFORGE_CACHE", tmp)  # the ONNX graphs, exported once for every size
         weights = None
         if args.pipeline:
             torch.manual_seed(1)
@@ -245,6 +275,7 @@ def main() -> None:
             flops = chain_flops(args.chain, size)
             runs = [("reference", "fp32")] if size in args.reference_sizes else []
             runs += [("pipeline" if args.pipeline else "imgforge", p) for p in args.precisions]
+            runs += [] if args.no_onnx else [("pipeline-onnx" if args.pipeline else "onnx", "fp32")]
             best: dict[tuple[str, str], dict] = {}
             for _ in range(args.repeat):
                 for impl, precision in runs:
@@ -267,19 +298,21 @@ def _fmt(result: dict, flops: float) -> str:
 
 
 def _summary(size: str, best: dict, tmp: str, pipeline: bool) -> None:
-    """Ratios of the best times (and peak memory) against the reference and against imgforge fp32."""
+    """Ratios of the best times (and peak memory) against the reference and against imgforge fp32 (torch)."""
     impl = "pipeline" if pipeline else "imgforge"
     parts = []
     for base_name, base in (("reference", best.get(("reference", "fp32"))), ("fp32", best.get((impl, "fp32")))):
         if base is None:
             continue
         for (name, precision), result in best.items():
-            if name == "reference" or (base_name == "fp32" and precision == "fp32"):
+            if name == "reference" or (base_name == "fp32" and (name, precision) == (impl, "fp32")):
                 continue
-            part = f"{precision} x{base['seconds'] / result['seconds']:.2f} faster than {base_name}"
-            if base_name == "reference":
+            label = precision if name == impl else f"{name} {precision}"
+            part = f"{label} x{base['seconds'] / result['seconds']:.2f} faster than {base_name}"
+            if base_name == "reference" or name != impl:
                 part += f", x{base['peak_gb'] / result['peak_gb']:.2f} less memory"
-                ours, ref = Path(tmp, f"{name}-{precision}.pt"), Path(tmp, "reference-fp32.pt")
+                base_file = "reference-fp32.pt" if base_name == "reference" else f"{impl}-fp32.pt"
+                ours, ref = Path(tmp, f"{name}-{precision}.pt"), Path(tmp, base_file)
                 if ours.exists() and ref.exists():
                     part += f", max |diff| {(torch.load(ours) - torch.load(ref)).abs().max().item():.2g}"
             parts.append(part)

@@ -199,6 +199,7 @@ class OnnxRunner:
         ort = importlib.import_module("onnxruntime")
         self.device = device
         options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # one thread setting for both backends
         options.log_severity_level = 3  # no warnings about unused initialisers and the like on stderr
         self.session = ort.InferenceSession(str(graph), options, providers=onnx_providers(device))
         if device.type == "cuda" and self.session.get_providers()[0] == "CPUExecutionProvider":

@@ -33,6 +33,11 @@ KNOWN_KINDS = {
 }
 
 
+# The kinds that involve a network, which run through ONNX Runtime as well (tests/conformance_checks/onnx.py).
+ONNX_KINDS = {"pix2pix.unet", "pix2pix.resnet", "ddpm.unet", "ddpm.ddpm_steps", "ddpm.ddim_steps",
+              "oldphoto.scratch_unet", "oldphoto.chain_quality", "oldphoto.chain_scratch", "face.spade_generator"}
+
+
 def fixture_folders() -> list[Path]:
     roots = [FIXTURES]
     extra = os.environ.get("IMGFORGE_EXTRA_FIXTURES", "")
@@ -54,6 +59,19 @@ def test_fixture(folder: Path):
         pytest.fail(f"{folder.name}: no checks for kind {kind!r} (tests/conformance_checks/{family}.py is missing)")
     checks = importlib.import_module(f"conformance_checks.{family}").CHECKS
     checks[kind](folder, config)
+
+
+def _kind(folder: Path) -> str | None:
+    return json.loads((folder / "config.json").read_text()).get("kind")
+
+
+@pytest.mark.parametrize("folder", [f for f in fixture_folders() if _kind(f) in ONNX_KINDS],
+                         ids=lambda p: f"{p.name}-onnx")
+def test_fixture_onnx(folder: Path, tmp_path, monkeypatch):
+    """Every fixture of a kind with a network, through ONNX Runtime (conformance_checks/onnx.py)."""
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path))
+    config = json.loads((folder / "config.json").read_text())
+    importlib.import_module("conformance_checks.onnx").CHECKS[config["kind"]](folder, config)
 
 
 def test_fixture_folders_found():

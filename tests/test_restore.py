@@ -7,6 +7,7 @@ happens here (tests/test_restore_cli.py covers the downloads)."""
 from __future__ import annotations
 
 import functools
+import json
 import io
 import math
 from pathlib import Path
@@ -324,6 +325,32 @@ def test_metadata_is_carried_to_the_output_file(weights_dir, tmp_path):
         assert out.getexif().get(0x010E) == "grandma, 1931"
 
 
+@pytest.mark.parametrize("scratches", [True, False])
+def test_onnx_backend_restores_like_torch(weights_dir, tmp_path, monkeypatch, scratches):
+    """--backend onnx: the detector, VAE encoder, mapping and VAE decoder as ONNX Runtime graphs."""
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
+    photo = scratched_photo(96, 128)
+    settings = pipeline.Settings(scratches=scratches, faces=False)
+    torch_run = pipeline.Restorer(settings, device="cpu", weights_dir=weights_dir, quiet=True)
+    onnx_run = pipeline.Restorer(settings, device="cpu", backend="onnx", weights_dir=weights_dir, quiet=True)
+    assert onnx_run.provider == "onnxruntime:CPUExecutionProvider" and torch_run.provider == "torch:cpu"
+    picture = pipeline._picture_from_array(photo)
+    expected, actual = torch_run.run(picture), onnx_run.run(picture)
+    if scratches:
+        assert np.array_equal(actual.mask, expected.mask)
+    assert np.abs(actual.pixels.astype(int) - expected.pixels.astype(int)).max() <= 1
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == (4 if scratches else 3)
+
+
+def test_onnx_backend_refuses_the_hr_mapping_before_any_image(weights_dir, tmp_path, monkeypatch):
+    from imgforge.errors import RunWideError
+
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RunWideError, match="hr mapping has no ONNX graph yet; use --backend torch"):
+        pipeline.Restorer(pipeline.Settings(hr=True, faces=False), device="cpu", backend="onnx",
+                          weights_dir=weights_dir, quiet=True)
+
+
 @pytest.mark.parametrize("hr", [False, True])
 def test_bf16_keeps_the_fp32_mask_and_stays_near_the_fp32_output(weights_dir, hr):
     photo = scratched_photo(96, 128)
@@ -362,3 +389,14 @@ def test_progress_within_a_photo_follows_stages_and_attention_chunks(weights_dir
                       "mapping 4/4", "decoding"]
     fractions = [fraction for fraction, _ in reports]
     assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] < 1
+
+
+def test_export_of_a_restore_model_writes_its_four_graphs(weights_dir, tmp_path, monkeypatch):
+    from imgforge.export import export_model
+
+    report = export_model(tmp_path / "graphs", "oldphoto-scratch", weights_dir=weights_dir, quiet=True)
+    assert sorted(path.name for path in report.graphs) == ["detector.onnx", "mapping.onnx", "vae_a_encoder.onnx",
+                                                           "vae_b_decoder.onnx"]
+    assert all(max(diffs) <= 1e-4 for diffs in report.differences.values())
+    sidecar = json.loads((tmp_path / "graphs" / "mapping.json").read_text())
+    assert [i["name"] for i in sidecar["inputs"]] == ["latent", "mask"] and sidecar["hyperparameters"]["kind"] == "scratch"

@@ -195,6 +195,7 @@ def test_the_onnx_backend_gives_the_torch_images(tiny_folder, tmp_path, monkeypa
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
     torch_images = sample(str(tiny_folder), num=2, steps=3, device="cpu", quiet=True).images.astype(int)
-    onnx_images = sample(str(tiny_folder), num=2, steps=3, device="cpu", backend="onnx", quiet=True).images
-    assert np.abs(torch_images - onnx_images).max() <= 1
+    report = sample(str(tiny_folder), num=2, steps=3, device="cpu", backend="onnx", quiet=True)
+    assert np.abs(torch_images - report.images).max() <= 1
+    assert report.provider == "onnxruntime:CPUExecutionProvider"
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))

@@ -170,8 +170,20 @@ def test_json_lines_and_default_names(tmp_path, capsys):
     source = save_image(tmp_path / "in" / "a.png", (20, 30, 3))
     assert main(["translate", str(source), "--checkpoint", str(weights), "--no-dropout", "--json", "-q"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines[0] == {"input": str(source), "output": str(tmp_path / "in" / "a_translated.png"), "status": "done"}
+    assert lines[0] == {"input": str(source), "output": str(tmp_path / "in" / "a_translated.png"), "status": "done",
+                        "provider": "torch:cpu"}
     assert lines[-1] == {"summary": {"done": 1, "skipped": 0, "failed": 0}}
+
+
+def test_onnx_backend_reports_the_provider_it_runs_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
+    weights = write_checkpoint(tmp_path / "latest_net_G.pth")
+    source = save_image(tmp_path / "in" / "a.png", (20, 30, 3))
+    assert main(["translate", str(source), "--checkpoint", str(weights), "--backend", "onnx", "--device", "cpu",
+                 "--seed", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.splitlines()[0])["provider"] == "onnxruntime:CPUExecutionProvider"
+    assert "running on onnxruntime:CPUExecutionProvider" in err
 
 
 def test_bad_inputs_are_reported_one_line_each_and_exit_3(tmp_path, capsys):

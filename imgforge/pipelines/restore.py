@@ -184,7 +184,7 @@ class Restorer:
                                 f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
         self.networks = [self._load(role, path) for role, path in paths.items()]
         place = (functools.partial(runtime.place, device=self.device, dtype=self.dtype) if backend == "torch"
-                 else lambda module: module.to(self.device))  # ONNX Runtime runs the float32 graph
+                 else lambda module: module)  # ONNX Runtime runs the graphs; the modules stay for export
         nets = {network.role: place(network.module) for network in self.networks}
         self.vae_a, self.mapping, self.vae_b = (nets[role] for role in ("vae_a", "mapping", "vae_b"))
         self.detector = nets.get("detector")
@@ -225,7 +225,7 @@ class Restorer:
             exports = network.exports()
             if not exports:
                 raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
-                                    f"{network.role} has no ONNX graph yet; use --backend torch")
+                                   f"{network.role} has no ONNX graph yet; use --backend torch")
             calls[network.role] = runtime.make_runner(network.module, backend="onnx", device=self.device,
                                                       dtype=self.dtype, export=exports[0])
         return calls
@@ -399,9 +399,11 @@ class RestoreTask:
     label: str = "restoring"
 
     def setup(self) -> RestoreWorker:
-        return RestoreWorker(self, Restorer(self.settings, device=self.device, precision=self.precision,
-                                            backend=self.backend, offline=self.offline, weights_dir=self.weights_dir,
-                                            quiet=self.quiet))
+        restorer = Restorer(self.settings, device=self.device, precision=self.precision, backend=self.backend,
+                            offline=self.offline, weights_dir=self.weights_dir, quiet=self.quiet)
+        if self.backend == "onnx" and not self.quiet:
+            console.print(f"running on {restorer.provider}", markup=False, highlight=False)
+        return RestoreWorker(self, restorer)
 
 
 class RestoreWorker:

@@ -24,6 +24,7 @@ from ..errors import ImgforgeError, ModelError, OutputError
 from ..imageio import read_image, write_image
 from ..nets import registry
 from ..nets.ddpm_unet import DDPMUNet, describe_unet
+from ..progress import console
 from ..storage import location
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
@@ -55,6 +56,7 @@ class SampleReport(BatchReport):
     written: list[Path] = field(default_factory=list)
     grid: Path | None = None
     images: np.ndarray | None = None
+    provider: str = ""  # where the U-Net ran: torch:<device> or onnxruntime:<execution provider>
 
 
 def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weights_dir: Path | None = None,
@@ -94,7 +96,8 @@ def _model_files(model: str, offline: bool | None, weights_dir: Path | None,
 def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000, sampler: str = "ddpm",
              seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
              eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
-             on_step: Callable[[], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
+             on_step: Callable[[], None] | None = None,
+             on_ready: Callable[[str], None] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yields (indices, uint8 images N x H x W x C) batch by batch; image i (drawn with seed + i) is the same
     whatever else is drawn. The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is
     left as it was."""
@@ -102,6 +105,8 @@ def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000
         raise ImgforgeError(f"--batch-size must be at least 1, not {batch_size}")
     draw = Drawer(model, steps=steps, sampler=sampler, device=device, precision=precision, eta=eta,
                   spacing=spacing, backend=backend)
+    if on_ready is not None:
+        on_ready(draw.eps_fn.provider)
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
         yield batch, draw([seed + i for i in batch], on_step)
@@ -167,13 +172,14 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     keep: dict[int, np.ndarray] | None = {} if folder is None else None
     task = SampleTask(model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing, device=device,
                       precision=precision, backend=backend, offline=offline, weights_dir=weights_dir,
-                      batch_size=batch_size, keep=keep)
+                      batch_size=batch_size, quiet=quiet, keep=keep)
     jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
     report = SampleReport(grid=grid_path)
     execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json, report=report)
     done = sorted((record["index"], record["output"]) for record in report.records if record["status"] == "done")
     if folder is not None:
         report.written = [location(path) for _, path in done]
+    report.provider = next((r["provider"] for r in report.records if "provider" in r), "")
     if report.grid is not None:
         write_image(report.grid, _grid(report.records, keep, num, shape))
     elif keep is not None and len(keep) == num:
@@ -197,12 +203,16 @@ class SampleTask:
     offline: bool | None
     weights_dir: Path | None
     batch_size: int
+    quiet: bool = False
     keep: dict | None = None
     label: str = "sampling"
 
     def setup(self) -> SampleWorker:
-        return SampleWorker(self, load_model(self.model, offline=self.offline, weights_dir=self.weights_dir,
-                                             quiet=True))
+        worker = SampleWorker(self, load_model(self.model, offline=self.offline, weights_dir=self.weights_dir,
+                                               quiet=True))
+        if self.backend == "onnx" and not self.quiet:
+            console.print(f"running on {worker.draw.eps_fn.provider}", markup=False, highlight=False)
+        return worker
 
 
 class SampleWorker:
@@ -227,7 +237,7 @@ class SampleWorker:
             self.task.keep[job.options["index"]] = image
         else:
             write_image(job.target, image)
-        return {"index": job.options["index"]}
+        return {"index": job.options["index"], "provider": self.draw.eps_fn.provider}
 
 
 def _grid(records: list[dict], keep: dict | None, num: int, shape: tuple[int, int, int]) -> np.ndarray:
@@ -281,6 +291,7 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
         def eps_onnx(x: torch.Tensor, t: int) -> torch.Tensor:
             return runner(x, torch.full((x.shape[0],), float(t))).to(device)
 
+        eps_onnx.provider = runner.provider
         return eps_onnx
     # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
     # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
@@ -291,6 +302,7 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
         x = x.to(dtype).contiguous(memory_format=torch.channels_last)
         return net(x, torch.tensor(t, device=device)).float().contiguous()
 
+    eps_torch.provider = f"torch:{device}"
     return eps_torch
 
 

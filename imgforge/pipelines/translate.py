@@ -271,6 +271,8 @@ class TranslateTask:
                           markup=False, highlight=False, soft_wrap=True)
         model = self.generator["model"]
         direction = self.direction or (manifest.get_model(model).direction if model is not None else None) or "AtoB"
+        if translator.backend == "onnx" and not self.generator["quiet"]:
+            console.print(f"running on {translator.provider}", markup=False, highlight=False)
         return TranslateWorker(self, translator, direction)
 
 
@@ -296,7 +298,7 @@ class TranslateWorker:
     def compute(self, items: list[_Item]) -> list[torch.Tensor]:
         return self.translator.run([item.prepared.tensor for item in items])
 
-    def save(self, job: Job, item: _Item, result: torch.Tensor) -> None:
+    def save(self, job: Job, item: _Item, result: torch.Tensor) -> dict:
         pixels = self.translator.finish(result, item.prepared)
         alpha = item.picture.alpha if not (self.task.aligned or self.task.compare) else None
         if self.task.compare:
@@ -304,6 +306,7 @@ class TranslateWorker:
             shown = [_panel(panel, self.output_mode, pixels.shape[1], pixels.shape[0]) for panel in panels]
             pixels = np.concatenate([shown[0], pixels, *shown[1:]], axis=1)
         write_image(job.target, pixels, alpha=alpha, like=item.picture)
+        return {"provider": self.translator.provider}
 
 
 def split_aligned(image: Image.Image, direction: str, path: Path | None = None) -> tuple[Image.Image, Image.Image]:

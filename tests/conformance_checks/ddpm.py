@@ -16,20 +16,20 @@ from .common import assert_close, load_fixture
 STEP_TOLERANCE = 1e-5
 
 
-def _unet(folder: Path, config: dict):
+def unet_of(folder: Path, config: dict):
     weights, io = load_fixture(folder)
     return load_unet(config["unet_config"], weights, where=folder.name), io
 
 
 def check_unet(folder: Path, config: dict) -> None:
-    unet, io = _unet(folder, config)
+    unet, io = unet_of(folder, config)
     with torch.no_grad():
         eps = unet(io["sample"], io["timestep"])
     assert_close("eps", eps, io["eps"])
 
 
 def check_ddpm_steps(folder: Path, config: dict) -> None:
-    unet, io = _unet(folder, config)
+    unet, io = unet_of(folder, config)
     schedule = NoiseSchedule.from_config(config["scheduler_config"])
     assert torch.equal(schedule.alphas_cumprod, io["alphas_cumprod"])
     for part in ("head", "tail"):
@@ -49,7 +49,7 @@ def check_ddpm_steps(folder: Path, config: dict) -> None:
 
 
 def check_ddim_steps(folder: Path, config: dict) -> None:
-    unet, io = _unet(folder, config)
+    unet, io = unet_of(folder, config)
     schedule = NoiseSchedule.from_config(config["scheduler_config"])
     timesteps = [int(t) for t in io["timesteps"]]
     sampler = make_sampler("ddim", schedule, len(timesteps))

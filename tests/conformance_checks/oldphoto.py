@@ -47,7 +47,7 @@ def check_scratch_unet(folder: Path, config: dict) -> None:
     assert torch.equal(mask[decided], io["mask"][decided]), "scratch mask differs away from the threshold"
 
 
-def _build_chain(weights: dict, ref: dict, kind: str):
+def build_chain(weights: dict, ref: dict, kind: str):
     vae_ref = ref["vae"]
     assert vae_ref["norm"] == "instance" and not vae_ref["opt"]["use_segmentation_model"]
     vae_config = {k: vae_ref[k] for k in ("input_nc", "output_nc", "ngf", "k_size", "n_downsampling")}
@@ -65,7 +65,7 @@ def _build_chain(weights: dict, ref: dict, kind: str):
 def check_chain(kind: str):
     def check(folder: Path, config: dict) -> None:
         weights, io = load_fixture(folder)
-        vae_a, mapping, vae_b = _build_chain(weights, config["reference"], kind)
+        vae_a, mapping, vae_b = build_chain(weights, config["reference"], kind)
         with torch.inference_mode():
             latent = vae_a.encode(io["input"])
             assert_close("latent", latent, io["latent"])

@@ -18,15 +18,21 @@ _UNET_NETG = {7: "unet_128", 8: "unet_256"}
 _RESNET_NETG = {6: "resnet_6blocks", 9: "resnet_9blocks"}
 
 
-def _run_generator(folder: Path, config: dict, netG: str) -> None:
+def build_generator_of(folder: Path, config: dict):
+    """(the generator of a pix2pix.* fixture, loaded through the official loading code, eval; its io)."""
     reference = config["reference"]
+    netG = _UNET_NETG[reference["num_downs"]] if "num_downs" in reference else _RESNET_NETG[reference["n_blocks"]]
     options = GeneratorOptions(netG=netG, norm=reference["norm"], ngf=reference["ngf"],
                                dropout=reference["use_dropout"], input_nc=reference["input_nc"],
                                output_nc=reference["output_nc"])
     weights, io = load_fixture(folder)
     net = build_generator(options)
     load_weights(net, weights)
-    net.eval()
+    return net.eval(), io
+
+
+def _run_generator(folder: Path, config: dict) -> None:
+    net, io = build_generator_of(folder, config)
     # "testmode": the official default (no --eval) BatchNorm on batch statistics, dropout switched off
     net.use_image_statistics(config["mode"] == "testmode")
     with torch.no_grad():
@@ -35,12 +41,12 @@ def _run_generator(folder: Path, config: dict, netG: str) -> None:
 
 
 def check_unet(folder: Path, config: dict) -> None:
-    _run_generator(folder, config, _UNET_NETG[config["reference"]["num_downs"]])
+    _run_generator(folder, config)
 
 
 def check_resnet(folder: Path, config: dict) -> None:
     assert config["reference"]["padding_type"] == "reflect", "only the official reflection padding is built"
-    _run_generator(folder, config, _RESNET_NETG[config["reference"]["n_blocks"]])
+    _run_generator(folder, config)
 
 
 def check_tensor2im(folder: Path, config: dict) -> None:
