@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
@@ -19,7 +20,7 @@ from imgforge.cli import main
 from imgforge.faces import align
 from imgforge.faces.detect import DlibDetector, YuNetDetector
 from imgforge.pipelines import restore as pipeline
-from imgforge.pipelines.faces import fetch_face_file
+from imgforge.pipelines.faces import FaceEnhancer, fetch_face_file
 from imgforge import manifest
 from test_restore import YUNET_MODEL, checkpoints, manifest_tables, official_sources, weights_dir, ZIPPED  # noqa: F401
 
@@ -170,3 +171,25 @@ def test_weights_dir_may_be_the_official_repository_or_its_checkpoint_folder(tmp
                    tmp_path / "repo" / "Global" / "checkpoints"):
         folder.mkdir(parents=True, exist_ok=True)
         assert fetch_face_file(entry, "generator", folder, True, True) == checkpoint
+
+
+def test_face_stage_runs_the_generator_through_onnx_too(weights_dir):
+    photo = data.astronaut()[::2, ::2]
+    stages = {backend: FaceEnhancer(device=torch.device("cpu"), backend=backend, weights_dir=weights_dir, quiet=True)
+              for backend in ("torch", "onnx")}
+    (torch_image, torch_faces), (onnx_image, onnx_faces) = (stage(photo) for stage in stages.values())
+    assert len(torch_faces) == len(onnx_faces) == 1
+    assert np.abs(torch_faces[0].enhanced.astype(int) - onnx_faces[0].enhanced).max() <= 1
+    assert np.abs(torch_image.astype(int) - onnx_image).max() <= 2
+
+
+def test_models_list_shows_the_dlib_model_is_not_for_commercial_use(capfd):
+    assert main(["models", "list", "--task", "restore", "--json"]) == 0
+    model = next(row for row in json.loads(capfd.readouterr().out) if row["name"] == "face-landmarks-dlib")
+    assert "NOT FOR COMMERCIAL USE" in model["description"] and "iBUG 300-W" in model["license"]
+
+
+def test_hr_enhances_512_px_faces_with_the_512_checkpoint(weights_dir):
+    result = pipeline.restore_image(data.astronaut()[::2, ::2], faces_only=True, hr=True, device="cpu",
+                                    weights_dir=weights_dir)
+    assert len(result.faces) == 1 and result.faces[0].enhanced.shape == (512, 512, 3)
