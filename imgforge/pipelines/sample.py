@@ -59,7 +59,7 @@ class SampleReport(BatchReport):
     provider: str = ""  # where the U-Net ran: torch:<device> or onnxruntime:<execution provider>
 
 
-def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weights_dir: Path | None = None,
+def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
                quiet: bool = False) -> DiffusionModel:
     """A manifest model name (downloaded on first use) or a local diffusers-format folder: config.json +
     scheduler_config.json + diffusion_pytorch_model.{safetensors,bin}, or a pipeline folder with unet/ and
@@ -141,7 +141,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
            seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
            eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
            output: str | Path | None = None, grid: str | Path | None = None, skip_existing: bool = False,
-           quiet: bool = False, json: bool = False, offline: bool | None = None, weights_dir: Path | None = None,
+           quiet: bool = False, json: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
            engine: EngineOptions | str | None = None) -> SampleReport:
     """Draw `num` images. With `output` (a folder or s3:// URL), image i is written as sample_{i:05d}.png as
     soon as its batch is done (an interrupted run leaves only complete files, and skip_existing resumes it);
@@ -201,7 +201,7 @@ class SampleTask:
     precision: str
     backend: str
     offline: bool | None
-    weights_dir: Path | None
+    weights_dir: hub.WeightsDirs
     batch_size: int
     quiet: bool = False
     keep: dict | None = None
