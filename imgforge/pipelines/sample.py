@@ -78,7 +78,7 @@ def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Networ
     return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source)]
 
 
-def _model_files(model: str, offline: bool | None, weights_dir: Path | None,
+def _model_files(model: str, offline: bool | None, weights_dir: hub.WeightsDirs,
                  quiet: bool) -> tuple[str, tuple[Path, Path, Path]]:
     """The model's name and its (config, scheduler config, weights) files, downloaded if needed."""
     folder = Path(model).expanduser()
