@@ -446,8 +446,8 @@ def test_manifest_errors_keep_the_table_name(here, capfd, monkeypatch):
 
 # ---- 12. --help reads well at 80 and 120 columns ------------------------------------------------------------
 
-COMMANDS = [[], ["translate"], ["restore"], ["sample"], ["models"], ["models", "list"], ["models", "pull"],
-            ["models", "verify"], ["models", "path"]]
+COMMANDS = [[], ["translate"], ["restore"], ["sample"], ["export"], ["models"], ["models", "list"],
+            ["models", "pull"], ["models", "verify"], ["models", "path"], ["models", "inspect"], ["models", "lock"]]
 
 
 def help_text(command: list[str], columns: int, capsys, monkeypatch) -> list[str]:

@@ -15,13 +15,16 @@ from .app import app
 @app.command()
 def export(
     model: Annotated[Optional[str], typer.Argument(help="A zoo model (imgforge models list).", show_default=False)] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the .onnx graphs and their .json sidecars.")] = Path("onnx"),
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
+                                         help="Folder for the .onnx graphs and their .json sidecars.")] = Path("onnx"),
     checkpoint: Annotated[
-        Optional[Path], typer.Option("--checkpoint", help="One weights file instead of a zoo model; its network is "
-                                     "detected.", show_default=False),
+        Optional[Path], typer.Option("--checkpoint", metavar="FILE", show_default=False,
+                                     help="One weights file instead of a zoo model; its network is detected."),
     ] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or fp16 (for GPUs; float32 inputs and outputs).")] = "fp32",
-    mode: Annotated[str, typer.Option("--mode", help="pix2pix test-time mode: official (per-image statistics, dropout "
+    precision: Annotated[str, typer.Option("--precision", metavar="NAME",
+                                           help="fp32, or fp16 (for GPUs; float32 inputs and outputs).")] = "fp32",
+    mode: Annotated[str, typer.Option("--mode", metavar="NAME",
+                                      help="pix2pix test-time mode: official (per-image statistics, dropout "
                                       "masks as inputs), no-dropout or eval.")] = "official",
     quiet: options.Quiet = False,
     offline: options.Offline = False,

@@ -58,7 +58,7 @@ class SampleReport:
     provider: str = ""  # where the U-Net ran: torch:<device> or onnxruntime:<execution provider>
 
 
-def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weights_dir: Path | None = None,
+def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
                quiet: bool = False) -> DiffusionModel:
     """A manifest model name (downloaded on first use) or a local diffusers-format folder: config.json +
     scheduler_config.json + diffusion_pytorch_model.{safetensors,bin}, or a pipeline folder with unet/ and
@@ -122,7 +122,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
            seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
            eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
            output: str | Path | None = None, grid: str | Path | None = None, skip_existing: bool = False,
-           quiet: bool = False, offline: bool | None = None, weights_dir: Path | None = None) -> SampleReport:
+           quiet: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None) -> SampleReport:
     """Draw `num` images. With `output`, each is written as output/sample_00000.png ... as soon as its batch
     is done (nothing accumulates in memory; an interrupted run leaves only complete files, and skip_existing
     resumes it); `grid` writes one tiled picture of all of them. Without either, the images are returned."""

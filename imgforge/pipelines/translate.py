@@ -49,7 +49,7 @@ def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def load_generator(model: str | None = None, checkpoint: str | os.PathLike | None = None, *,
                    netG: str | None = None, norm: str | None = None, ngf: int | None = None,
-                   dropout: bool | None = None, offline: bool | None = None, weights_dir: Path | None = None,
+                   dropout: bool | None = None, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
                    quiet: bool = False) -> Generator:
     """A zoo model (`model`, a name from `imgforge models list --task translate`) or a user's own
     checkpoint (an official latest_net_G.pth) as a generator on the CPU, eval(), weights loaded strictly.
@@ -60,7 +60,7 @@ def load_generator(model: str | None = None, checkpoint: str | os.PathLike | Non
 
 
 def load_networks(model: str | None = None, checkpoint: str | os.PathLike | None = None, *, mode: str = "official",
-                  offline: bool | None = None, weights_dir: Path | None = None, quiet: bool = False,
+                  offline: bool | None = None, weights_dir: hub.WeightsDirs = None, quiet: bool = False,
                   **options) -> list[registry.Network]:
     """The generator as a registry Network (role "generator", its test-time `mode`), for export and workers;
     `options`: netG, norm, ngf, dropout overrides."""
@@ -195,7 +195,7 @@ def translate_image(image: Image.Image | np.ndarray, *, model: str | None = None
                     ngf: int | None = None, dropout: bool | None = None, mode: str = "official",
                     size: int | str | None = None, seed: int | None = None, device: str = "auto",
                     precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                    weights_dir: Path | None = None) -> np.ndarray:
+                    weights_dir: hub.WeightsDirs = None) -> np.ndarray:
     """One image in memory -> its translation (H x W x C uint8, the input's size). Loads the model on every
     call: for many images build a `Translator(load_generator(...))` once."""
     generator = load_generator(model, checkpoint, netG=netG, norm=norm, ngf=ngf, dropout=dropout, offline=offline,
@@ -220,7 +220,7 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
               aligned: bool = False, compare: bool = False, seed: int | None = None, batch_size: int = 4,
               device: str = "auto", precision: str = "fp32", backend: str = "torch", recursive: bool = False,
               suffix: str = "", output_format: str | None = None, skip_existing: bool = False, quiet: bool = False,
-              json: bool = False, offline: bool | None = None, weights_dir: Path | None = None) -> BatchReport:
+              json: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None) -> BatchReport:
     """Translate images, folders or globs with a zoo model or a user's checkpoint; each output is written at
     its input's size (next to it with the suffix `_translated`, or under `output`). Files that fail are
     reported and skipped; the report lists them."""
