@@ -267,8 +267,6 @@ def main() -> None:
         parser.error("the hr chain and --pipeline have no reference here; pass --reference-sizes with no value")
     print(f"chain {args.chain}{' (whole pipeline)' if args.pipeline else ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.clock} clock")
-    if args.chain == "hr" and not args.no_onnx:
-        parser.error("the hr mapping has no ONNX graph (docs/onnx.md); pass --no-onnx")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("IMGFORGE_CACHE", tmp)  # the ONNX graphs, exported once for every size
         weights = None

@@ -4,7 +4,7 @@ The public API, imported lazily so that `import imgforge` (and `imgforge --help`
 
     translate(inputs, output, model=..., ...)   -> BatchReport    imgforge.pipelines.translate
     restore(inputs, output, ...)                -> BatchReport    imgforge.pipelines.restore
-    sample(model, num=..., steps=..., ...)      -> SampleReport   imgforge.pipelines.sample
+    sample(model, num=..., steps=..., ...)      -> SampleReport   imgforge.pipelines.sample (a BatchReport)
     translate_image(image, ...), restore_image(picture_or_array, ...)   in-memory, one image
     load_model(name, ...)                       the loaded network(s) of a model in the zoo
 """

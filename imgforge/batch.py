@@ -1,5 +1,5 @@
-"""From inputs (files, folders, glob patterns) to jobs with output paths, and the loop that runs them: one
-failing file is reported on one line and the batch goes on; outputs that exist can be skipped to resume.
+"""From inputs (files, folders, glob patterns; local or s3:// URLs, see imgforge.storage) to jobs with output
+paths, which imgforge.engine runs.
 
 Naming rule (docs/usage.md): one input and `-o` with an image extension -> that file; otherwise `-o` is a
 folder (always, with a trailing slash) and each output keeps the input's path relative to the folder it was
@@ -15,19 +15,14 @@ write, so a run that fails to start leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
+from typing import Iterable, Sequence
 
-from rich.progress import Progress, TaskID
-
-from .errors import ImgforgeError, InputError, OutputError, RunWideError
+from .errors import InputError, OutputError
 from .imageio import WRITE_FORMATS, max_pixels, partial_path
-from .progress import console, listening_within_item, make_progress, printable
+from .storage import location, resolved
 
 # what a folder listing picks up; a file named explicitly is always attempted
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
@@ -36,18 +31,18 @@ _GLOB_CHARACTERS = frozenset("*?[")
 _FALLBACK_EXTENSION = ".png"
 _SEPARATORS = tuple({"/", "\\", os.sep, os.altsep or "/"})
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 @dataclass(frozen=True)
 class Job:
-    """One input and every file written for it: plain paths, so that a job pickles (to another process or a
-    cluster worker) as it is."""
+    """One unit of work for imgforge.engine: its input (None for sample), every file written for it (Paths, or
+    storage.ObjectPaths for s3://; no target when the result stays in memory), its seed and task-specific
+    options (JSON-able, e.g. restore's mask file). Plain data, so that a job travels to a cluster worker."""
 
-    source: Path
-    target: Path
+    source: Path | None
+    target: Path | None
     side_outputs: tuple[tuple[str, Path], ...] = ()  # (side suffix, path), e.g. ("_mask.png", out/a_mask.png)
+    seed: int | None = None
+    options: dict = field(default_factory=dict, compare=False)
 
     def side_output(self, suffix: str) -> Path:
         """The path planned for the side output declared with `suffix`."""
@@ -55,15 +50,8 @@ class Job:
 
     @property
     def outputs(self) -> tuple[Path, ...]:
-        return (self.target, *(path for _, path in self.side_outputs))
-
-
-@dataclass
-class BatchReport:
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
+        main = (self.target,) if self.target is not None else ()
+        return (*main, *(path for _, path in self.side_outputs))
 
 
 def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = False, suffix: str = "",
@@ -83,7 +71,7 @@ def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = Fa
         found.extend(_expand(spec, recursive))
     named: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source as given, path used for naming)
     for source, name in found:
-        named.setdefault(source.resolve(), (source, name))
+        named.setdefault(resolved(source), (source, name))
     if not named:
         raise InputError("no input images given")
 
@@ -91,15 +79,15 @@ def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = Fa
     if output is not None and _names_a_file(output):
         if len(named) > 1:
             raise InputError(f"-o {output} names one file but there are {len(named)} inputs; give a folder")
-        targets = [(source, Path(output)) for source, _ in named.values()]
+        targets = [(source, location(output)) for source, _ in named.values()]
     else:
-        folder = Path(output) if output is not None else None
+        folder = location(output) if output is not None else None
         chosen = suffix or ("" if folder else default_suffix)
         targets = [(source, _target(source, name, folder, chosen, extension)) for source, name in named.values()]
     jobs = [Job(source, target, tuple((side, target.with_name(target.stem + side)) for side in side_suffixes))
             for source, target in targets]
     read = {path: source for path, (source, _) in named.items()}
-    read.update((Path(path).resolve(), Path(path)) for path in also_read)
+    read.update((resolved(location(path)), location(path)) for path in also_read)
     claims = [(path, _owner(job, path)) for job in jobs for path in job.outputs]
     claim_outputs(claims, reads=read, folder=folder)
     return jobs
@@ -112,20 +100,20 @@ def claim_outputs(claims: Iterable[tuple[Path, str]], *, reads: dict[Path, Path]
     outside `folder` (when given) or an output folder that cannot be made; InputError for an output that is
     one of `reads` or that two claims share."""
     reads = reads or {}
-    inside = Path(os.path.realpath(folder)) if folder is not None else None
+    inside = resolved(folder) if folder is not None else None
     owners: dict[Path, str] = {}
     parents: set[Path] = set()
     for path, owner in claims:
         parents.add(path.parent)
-        resolved = Path(os.path.realpath(path))
-        if inside is not None and not resolved.is_relative_to(inside):
+        real = resolved(path)
+        if inside is not None and not real.is_relative_to(inside):
             raise OutputError(f"{owner} would be written to {path}, outside the output folder {folder}")
-        if resolved in reads:
-            raise InputError(f"{owner} would overwrite the input {reads[resolved]}; choose another -o folder or "
+        if real in reads:
+            raise InputError(f"{owner} would overwrite the input {reads[real]}; choose another -o folder or "
                              "a --suffix")
-        if resolved in owners:
-            raise InputError(f"{owners[resolved]} and {owner} would both be written to {path}")
-        owners[resolved] = owner
+        if real in owners:
+            raise InputError(f"{owners[real]} and {owner} would both be written to {path}")
+        owners[real] = owner
     for parent in parents:
         check_folder_can_exist(parent)
 
@@ -177,7 +165,7 @@ def _normalise_extension(extension: str | None) -> str | None:
 def _expand(spec: str, recursive: bool) -> list[tuple[Path, Path]]:
     if not spec:
         raise InputError("an input path is empty")
-    path = Path(spec)
+    path = location(spec)
     if path.is_file():
         return [(path, Path(path.name))]
     if path.is_dir():
@@ -234,7 +222,7 @@ def _list_folder(folder: Path, recursive: bool) -> list[Path]:
 def _names_a_file(output: str) -> bool:
     if output.endswith(_SEPARATORS):
         return False
-    path = Path(output)
+    path = location(output)
     return path.suffix.lower() in WRITE_FORMATS and not path.is_dir()
 
 
@@ -244,127 +232,3 @@ def _target(source: Path, name: Path, folder: Path | None, suffix: str, extensio
     if folder is None:
         return source.parent / file_name
     return folder / name.parent / file_name
-
-
-def run_batch(jobs: Sequence[Job], *, load: Callable[[Job], T], compute: Callable[[list[T]], list[R]],
-              save: Callable[[Job, T, R], dict | None], batch_size: int = 1,
-              group_key: Callable[[T], Hashable] | None = None, skip_existing: bool = False, quiet: bool = False,
-              label: str = "images", json_lines: bool = False) -> BatchReport:
-    """Load each job, run `compute` on runs of consecutive loaded items that share `group_key` (at most
-    `batch_size` of them), then `save` each result; `save` may return a dict of extra fields for the job's
-    record. A failure in load/save fails that file, one in compute fails its group; each is printed as
-    `failed: <path>: <reason>` on stderr as it happens. Records (and, with json_lines, one JSON object per
-    job on stdout) come in the order jobs finish: input order, except that a failed load can overtake the
-    group still being filled. A job whose output (or side output) is a folder fails. A RunWideError stops
-    the batch. Ctrl-C raises KeyboardInterrupt("N done, ..."), the summary for the one "interrupted" line."""
-    report = BatchReport()
-    pending: list[tuple[Job, Any]] = []
-    pending_key: Hashable = None
-    with make_progress(quiet=quiet) as progress:
-        task = progress.add_task(label, total=len(jobs))
-
-        def record(job: Job, status: str, error: str | None = None, extra: dict | None = None) -> None:
-            entry: dict[str, Any] = {"input": str(job.source), "output": str(job.target), "status": status}
-            if error is not None:
-                entry["error"] = error
-                report.failed.append((job.source, error))
-                reason = error.removeprefix(f"cannot read {job.source}: ")  # read_image names the file too
-                console.print(f"failed: {printable(job.source)}: {printable(reason)}", markup=False, highlight=False,
-                              soft_wrap=True)
-            elif status == "done":
-                report.done += 1
-            else:
-                report.skipped += 1
-            entry.update(extra or {})
-            report.records.append(entry)
-            if json_lines:
-                sys.stdout.write(json.dumps(entry, default=str) + "\n")
-                sys.stdout.flush()
-            progress.advance(task)
-
-        def flush() -> None:
-            group = pending[:]
-            pending.clear()
-            try:
-                with _bar_within(progress, task, len(report.records), len(group), label):
-                    results = compute([item for _, item in group])
-                if len(results) != len(group):
-                    raise RuntimeError(f"compute returned {len(results)} results for {len(group)} inputs")
-            except RunWideError:
-                raise
-            except Exception as exc:
-                error = _describe(exc)
-                for job, _ in group:
-                    record(job, "failed", error)
-                return
-            for (job, item), result in zip(group, results):
-                try:
-                    extra = save(job, item, result)
-                except RunWideError:
-                    raise
-                except Exception as exc:
-                    record(job, "failed", _describe(exc))
-                else:
-                    record(job, "done", extra=extra)
-
-        try:
-            for job in jobs:
-                try:
-                    written_before = [output_exists(path) for path in job.outputs]  # side outputs come first
-                except OutputError as exc:
-                    record(job, "failed", str(exc))
-                    continue
-                if skip_existing and written_before[0]:
-                    record(job, "skipped")
-                    continue
-                try:
-                    item = load(job)
-                except RunWideError:
-                    raise
-                except Exception as exc:
-                    record(job, "failed", _describe(exc))
-                    continue
-                key = group_key(item) if group_key is not None else None
-                if pending and pending_key != key:
-                    flush()
-                pending.append((job, item))
-                pending_key = key
-                if len(pending) >= batch_size:
-                    flush()
-            if pending:
-                flush()
-        except KeyboardInterrupt:
-            progress.stop()
-            raise KeyboardInterrupt(
-                f"{report.done} done, {report.skipped} skipped, {len(report.failed)} failed, "
-                f"{len(jobs) - len(report.records)} not run; outputs written so far are complete"
-            ) from None
-    return report
-
-
-@contextlib.contextmanager
-def _bar_within(progress: Progress, task: TaskID, finished: int, size: int, label: str) -> Iterator[None]:
-    """While a group computes, progress reported within it (progress.report_within_item) moves the bar
-    between `finished` and `finished + size`, and names the stage; afterwards the bar is back at `finished`
-    for the records to advance it."""
-    def within_group(fraction: float, stage: str) -> None:
-        progress.update(task, completed=finished + fraction * size, description=f"{label}: {stage}")
-
-    try:
-        with listening_within_item(within_group):
-            yield
-    finally:
-        progress.update(task, completed=finished, description=label)
-
-
-def _describe(exc: Exception) -> str:
-    """One line for the report. Errors the user can cause carry their message; anything else is a bug,
-    re-raised with IMGFORGE_DEBUG=1 so that its traceback can be seen."""
-    message = " ".join(str(exc).split())
-    if isinstance(exc, ImgforgeError):
-        return message or type(exc).__name__
-    if os.environ.get("IMGFORGE_DEBUG") == "1":
-        raise exc
-    if isinstance(exc, MemoryError):
-        return "out of memory; try a smaller --batch-size or image"
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from .errors import InputError, OutputError, RunWideError
+from .storage import ObjectPath, location
 
 # Pillow's own error threshold (2 x MAX_IMAGE_PIXELS); IMGFORGE_MAX_PIXELS overrides it.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -98,14 +99,15 @@ def read_image(path: str | os.PathLike) -> Picture:
     """Decode any image Pillow reads (first frame). InputError, one line, naming the file, for anything else."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the pixels still decode, or we raise
-        return _read(Path(path))
+        return _read(location(path))
 
 
-def _read(path: Path) -> Picture:
+def _read(path: Path | ObjectPath) -> Picture:
     """The header is parsed and the size limits checked before the body is read: the decoders then read only
     what the first frame needs from the open file, so a huge file costs its pixels, not its size."""
     with _open(path) as handle:
-        size = os.fstat(handle.fileno()).st_size
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(0)
         if not size:
             raise InputError(f"cannot read {path}: empty file")
         try:
@@ -133,9 +135,10 @@ def _read(path: Path) -> Picture:
             raise InputError(f"cannot read {path}: {_reason(exc)}") from None
 
 
-def _open(path: Path):
+def _open(path: Path | ObjectPath):
+    """The file, open for reading (an object in storage is read whole into memory)."""
     try:
-        return path.open("rb")
+        return io.BytesIO(path.read_bytes()) if isinstance(path, ObjectPath) else path.open("rb")
     except FileNotFoundError:
         raise InputError(f"cannot read {path}: no such file") from None
     except IsADirectoryError:
@@ -156,7 +159,7 @@ def _whole_file(handle, size: int, width: int, height: int) -> bytes:
     return handle.read()
 
 
-def _decode(image: Image.Image, handle, size: int, path: Path) -> Picture:
+def _decode(image: Image.Image, handle, size: int, path: Path | ObjectPath) -> Picture:
     icc = image.info.get("icc_profile") or None
     exif = image.info.get("exif") or (_tiff_exif(image) if image.format == "TIFF" else None)
     layout = _sixteen_bit_layout(image, handle)
@@ -320,8 +323,9 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, *, alpha: np.ndarra
                 like: Picture | None = None, quality: int = 95) -> None:
     """Write pixels (H x W, H x W x 1 or H x W x 3; uint8, uint16 or float32 in [0, 1]) in the format the
     extension names. `like` gives the ICC profile, EXIF (orientation 1) and 16-bit depth to keep. Alpha is
-    dropped for JPEG and BMP. The file appears complete or not at all (temp file + os.replace)."""
-    path = Path(path)
+    dropped for JPEG and BMP. The file appears complete or not at all (temp file + os.replace; one PUT for an
+    s3:// URL)."""
+    path = location(path)
     image_format = WRITE_FORMATS.get(path.suffix.lower())
     if image_format is None:
         known = ", ".join(sorted(WRITE_FORMATS))
@@ -403,7 +407,15 @@ def _opencv_quiet():
         cv2.utils.logging.setLogLevel(level)
 
 
-def _write_atomically(path: Path, encode) -> None:
+def _write_atomically(path: Path | ObjectPath, encode) -> None:
+    if isinstance(path, ObjectPath):
+        buffer = io.BytesIO()
+        try:
+            encode(buffer)
+            path.write_bytes(buffer.getvalue())
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+        return
     temp = partial_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

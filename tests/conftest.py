@@ -68,3 +68,42 @@ def write_manifest(monkeypatch):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 for the whole session (a real HTTP endpoint, not a mocked client); the AWS
+    variables point imgforge.storage (and any Ray worker started after this) at it. Yields a function that
+    creates a fresh bucket and returns its s3:// URL."""
+    from s3_server import S3Server
+
+    server = S3Server()
+    saved = {name: os.environ.get(name) for name in server.environment}
+    os.environ.update(server.environment)
+    from imgforge import storage
+
+    storage._filesystem.cache_clear()
+    yield server.new_bucket
+    server.close()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    storage._filesystem.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def ray_address(s3_server):
+    """One local Ray with 2 CPUs for every test that needs it (started once: it takes seconds). Its workers
+    import imgforge and tests/ from this checkout and reach the session's S3 server. Skips where the `ray`
+    extra is not installed."""
+    ray = pytest.importorskip("ray")
+    root = Path(__file__).resolve().parent
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(root.parent), str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

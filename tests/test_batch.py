@@ -1,5 +1,5 @@
-"""plan_jobs naming, run_batch failure handling / skipping / grouping, finish_batch, and a batch killed with
-SIGKILL that leaves only complete outputs and resumes with --skip-existing."""
+"""plan_jobs naming, the local engine's failure handling / skipping / grouping, finish_batch, and a batch killed
+with SIGKILL that leaves only complete outputs and resumes with --skip-existing."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgforge.batch import Job, plan_jobs, run_batch
+from imgforge.batch import Job, plan_jobs
 from imgforge.cli.options import finish_batch
 from imgforge.errors import ImgforgeError, InputError, OutputError, PartialFailure
 from imgforge.imageio import read_image, write_image
+from engine_tasks import run
 from helpers import kill_when_written
 
 DRIVER = Path(__file__).with_name("batch_driver.py")
@@ -136,7 +137,7 @@ def test_unwritable_output_folder(photos):
         plan_jobs(["photos"], "photos/notes.txt/out")
 
 
-# ---- run_batch --------------------------------------------------------------------------------------------
+# ---- the local engine -------------------------------------------------------------------------------------
 
 
 def jobs_for(tmp_path, names):
@@ -164,7 +165,7 @@ def test_failures_are_counted_reported_and_the_batch_goes_on(tmp_path, capsys):
         saved.append(result)
         return {"model": "test"}
 
-    report = run_batch(jobs, load=load, compute=compute, save=save, quiet=True, json_lines=True)
+    report = run(jobs, load=load, compute=compute, save=save, quiet=True, json_lines=True)
     assert (report.done, report.skipped) == (2, 0) and saved == ["OK1", "OK2"]
     assert [(path.name, reason) for path, reason in report.failed] == [
         ("bad-load", f"cannot read {tmp_path / 'bad-load'}: truncated"),
@@ -189,7 +190,7 @@ def test_a_failing_compute_fails_its_whole_group(tmp_path):
             raise ImgforgeError("out of memory")
         return items
 
-    report = run_batch(jobs, load=lambda job: job.source.name, compute=compute, save=lambda *_: None,
+    report = run(jobs, load=lambda job: job.source.name, compute=compute, save=lambda *_: None,
                        batch_size=2, quiet=True)
     assert [path.name for path, _ in report.failed] == ["a", "b"] and report.done == 1
 
@@ -202,7 +203,7 @@ def test_groups_follow_the_key_and_batch_size(tmp_path):
         calls.append(items)
         return items
 
-    report = run_batch(jobs_for(tmp_path, names), load=lambda job: job.source.name, compute=compute,
+    report = run(jobs_for(tmp_path, names), load=lambda job: job.source.name, compute=compute,
                        save=lambda *_: None, batch_size=2, group_key=lambda item: item[0], quiet=True)
     assert calls == [["a1", "a2"], ["a3"], ["b1"], ["a4"], ["b2", "b3"]]
     assert report.done == 7
@@ -215,11 +216,11 @@ def test_skip_existing(tmp_path):
     stale = jobs[0].target.parent / ".a.partial"
     stale.write_text("left by a killed run")
     loaded = []
-    report = run_batch(jobs, load=lambda job: loaded.append(job.source.name), compute=lambda items: items,
+    report = run(jobs, load=lambda job: loaded.append(job.source.name), compute=lambda items: items,
                        save=lambda *_: None, skip_existing=True, quiet=True)
     assert (report.done, report.skipped, loaded) == (1, 1, ["b"])
     assert report.records[0]["status"] == "skipped" and not stale.exists()
-    report = run_batch(jobs, load=lambda job: loaded.append(job.source.name), compute=lambda items: items,
+    report = run(jobs, load=lambda job: loaded.append(job.source.name), compute=lambda items: items,
                        save=lambda *_: None, quiet=True)
     assert report.done == 2
 
@@ -232,7 +233,7 @@ def test_ctrl_c_stops_with_a_summary_and_reraises(tmp_path, capsys):
 
     saved = []
     with pytest.raises(KeyboardInterrupt, match="^2 done, 0 skipped, 0 failed, 2 not run"):
-        run_batch(jobs_for(tmp_path, ["a", "b", "c", "d"]), load=load, compute=lambda items: items,
+        run(jobs_for(tmp_path, ["a", "b", "c", "d"]), load=load, compute=lambda items: items,
                   save=lambda job, item, result: saved.append(item), quiet=True)
     assert saved == ["a", "b"]
     assert capsys.readouterr().err == ""  # the CLI prints the one "interrupted" line
@@ -241,14 +242,14 @@ def test_ctrl_c_stops_with_a_summary_and_reraises(tmp_path, capsys):
 def test_unexpected_errors_are_reraised_in_debug_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGFORGE_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
-        run_batch(jobs_for(tmp_path, ["a"]), load=lambda job: 1 / 0, compute=list, save=lambda *_: None, quiet=True)
+        run(jobs_for(tmp_path, ["a"]), load=lambda job: 1 / 0, compute=list, save=lambda *_: None, quiet=True)
 
 
 # ---- finish_batch -----------------------------------------------------------------------------------------
 
 
 def test_finish_batch_summary_and_exit_code(tmp_path, capsys):
-    report = run_batch(jobs_for(tmp_path, ["a", "b"]), load=lambda job: job.source.name, compute=list,
+    report = run(jobs_for(tmp_path, ["a", "b"]), load=lambda job: job.source.name, compute=list,
                        save=lambda *_: None, quiet=True)
     finish_batch(report, json=True, quiet=False)
     out, err = capsys.readouterr()
@@ -309,11 +310,11 @@ def test_driver_reports_a_bad_image_and_exits_3(tmp_path):
 
 
 def test_progress_reported_within_an_item_moves_the_bar_and_names_the_stage(monkeypatch):
-    from imgforge import batch
+    from imgforge import engine
     from imgforge.progress import make_progress, report_within_item
 
     bars = []
-    monkeypatch.setattr(batch, "make_progress", lambda **kw: bars.append(make_progress(quiet=True)) or bars[-1])
+    monkeypatch.setattr(engine, "make_progress", lambda **kw: bars.append(make_progress(quiet=True)) or bars[-1])
     seen = []
 
     def compute(items):
@@ -323,7 +324,7 @@ def test_progress_reported_within_an_item_moves_the_bar_and_names_the_stage(monk
         return items
 
     jobs = [Job(Path(f"in{i}.png"), Path(f"out{i}.png")) for i in range(2)]
-    run_batch(jobs, load=lambda job: job, compute=compute, save=lambda *args: None, quiet=True, label="restoring")
+    run(jobs, load=lambda job: job, compute=compute, save=lambda *args: None, quiet=True, label="restoring")
     assert seen == [(0.5, "restoring: step 1"), (1.0, "restoring: step 2"),
                     (1.5, "restoring: step 1"), (2.0, "restoring: step 2")]
     assert bars[0].tasks[0].completed == 2 and bars[0].tasks[0].description == "restoring"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from imgforge.cli import main
@@ -37,8 +38,10 @@ def test_fp16_export_keeps_float32_io(tmp_path):
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
 
 
-def test_scratch_mapping_graph_loops_over_query_chunks(tmp_path, monkeypatch):
-    """The exported attention is an ONNX Loop: one graph, bounded tiles, any size."""
+@pytest.mark.parametrize("kind", ["scratch", "hr"])
+def test_attention_mapping_graphs_loop_over_query_chunks(tmp_path, monkeypatch, kind):
+    """The exported attention (scratch: partial non-local; hr: patch attention) is an ONNX Loop: one graph,
+    bounded tiles, any size."""
     import onnx
 
     from imgforge import runtime
@@ -46,13 +49,19 @@ def test_scratch_mapping_graph_loops_over_query_chunks(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path))
     monkeypatch.setattr("imgforge.nets.oldphoto_onnx.AFFINITY_TILE_ELEMENTS", 2**12)  # ~10 loop iterations
     torch.manual_seed(0)
-    mapping = build_mapping("scratch", mc=128, n_blocks=1)
+    mapping = build_mapping(kind, mc=128, **({"n_blocks": 1} if kind == "scratch" else {}))
+    for parameter in mapping.parameters():
+        parameter.data += 0.05 * torch.randn_like(parameter)
     (export,) = get_family("oldphoto_mapping").describe(mapping).exports
     runner = runtime.onnx_runner(export, torch.device("cpu"))
     (graph,) = (tmp_path / "onnx").glob("*.onnx")
     assert "Loop" in {node.op_type for node in onnx.load(str(graph)).graph.node}
-    for size in ((48, 64), (80, 40)):
+    for size in ((48, 64), (80, 96)):
         latent, mask = export.example_inputs(*size)
+        if kind == "hr":  # the example has patches to fill and patches to fill from at the coarsest scale
+            touched = torch.nn.functional.interpolate(mask, latent.shape[2:], mode="bilinear") > 0
+            share = torch.nn.functional.avg_pool2d(touched.float(), 8)
+            assert (share > 0.6).any() and (share <= 0.6).any()
         with torch.no_grad():
             expected = mapping(latent, mask)
         assert (runner(latent, mask) - expected).abs().max() < 1e-4

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgforge.batch import Job, plan_jobs, run_batch
+from engine_tasks import run
+from imgforge.batch import Job, plan_jobs
 from imgforge.cli import main
 from imgforge.errors import InputError, OutputError
 from imgforge.imageio import partial_path
@@ -143,9 +144,9 @@ def test_a_folder_in_place_of_an_output_fails_that_input(here, skip_existing):
     (here / "out" / "a.png").mkdir(parents=True)
     (here / "out" / "c_mask.png").mkdir()
     saved = []
-    report = run_batch(jobs, load=lambda job: job, compute=lambda items: items,
-                       save=lambda job, item, result: saved.append(job.source.name), skip_existing=skip_existing,
-                       quiet=True)
+    report = run(jobs, load=lambda job: job, compute=lambda items: items,
+                 save=lambda job, item, result: saved.append(job.source.name), skip_existing=skip_existing,
+                 quiet=True)
     assert saved == ["b.png"] and report.skipped == 0
     assert [(path.name, reason) for path, reason in report.failed] == [
         ("a.png", f"cannot write {here / 'out' / 'a.png'}: a folder is in the way"),
@@ -182,8 +183,7 @@ def test_a_name_with_a_newline_stays_on_its_failed_line(here, capfd):
     bad = here / "two\nlines.png"
     bad.write_bytes(b"not an image")
     jobs = plan_jobs([str(bad)], "out")
-    run_batch(jobs, load=lambda job: Image.open(job.source), compute=lambda items: items,
-              save=lambda *_: None)
+    run(jobs, load=lambda job: Image.open(job.source), compute=lambda items: items, save=lambda *_: None)
     lines = [line for line in stderr_lines(capfd) if line.startswith("failed:")]
     assert len(lines) == 1 and "two\\nlines.png" in lines[0]
 
@@ -210,12 +210,12 @@ def test_ctrl_c_in_sample_prints_one_interrupted_line(here, capfd, monkeypatch):
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-        yield
 
-    monkeypatch.setattr(pipeline, "generate", interrupted)
+    monkeypatch.setattr(pipeline.Drawer, "__call__", interrupted)
     model = write_folder(here / "ddpm")
     assert main(["sample", "-m", str(model), "-n", "2", "--steps", "1", "-o", "out", "--device", "cpu", "-q"]) == 130
-    assert stderr_lines(capfd) == ["interrupted: 0 of 2 images written, each complete; --skip-existing resumes"]
+    assert stderr_lines(capfd) == ["interrupted: 0 done, 0 skipped, 0 failed, 2 not run; outputs written so far are "
+                                   "complete"]
 
 
 def test_ctrl_c_in_a_batch_prints_one_interrupted_line(here, capfd, monkeypatch):
@@ -258,7 +258,7 @@ def test_a_run_wide_error_inside_the_batch_stops_it(here):
 
     jobs = [Job(here / "a", here / "out" / "a"), Job(here / "b", here / "out" / "b")]
     with pytest.raises(RunWideError):
-        run_batch(jobs, load=lambda job: job, compute=compute, save=lambda *_: None, quiet=True)
+        run(jobs, load=lambda job: job, compute=compute, save=lambda *_: None, quiet=True)
 
 
 def _conv():

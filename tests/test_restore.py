@@ -325,12 +325,13 @@ def test_metadata_is_carried_to_the_output_file(weights_dir, tmp_path):
         assert out.getexif().get(0x010E) == "grandma, 1931"
 
 
-@pytest.mark.parametrize("scratches", [True, False])
-def test_onnx_backend_restores_like_torch(weights_dir, tmp_path, monkeypatch, scratches):
-    """--backend onnx: the detector, VAE encoder, mapping and VAE decoder as ONNX Runtime graphs."""
+@pytest.mark.parametrize("scratches, hr", [(True, False), (False, False), (True, True)])
+def test_onnx_backend_restores_like_torch(weights_dir, tmp_path, monkeypatch, scratches, hr):
+    """--backend onnx: the detector, VAE encoder, mapping (the HR patch attention too) and VAE decoder as ONNX
+    Runtime graphs."""
     monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
     photo = scratched_photo(96, 128)
-    settings = pipeline.Settings(scratches=scratches, faces=False)
+    settings = pipeline.Settings(scratches=scratches, hr=hr, faces=False)
     torch_run = pipeline.Restorer(settings, device="cpu", weights_dir=weights_dir, quiet=True)
     onnx_run = pipeline.Restorer(settings, device="cpu", backend="onnx", weights_dir=weights_dir, quiet=True)
     assert onnx_run.provider == "onnxruntime:CPUExecutionProvider" and torch_run.provider == "torch:cpu"
@@ -340,15 +341,6 @@ def test_onnx_backend_restores_like_torch(weights_dir, tmp_path, monkeypatch, sc
         assert np.array_equal(actual.mask, expected.mask)
     assert np.abs(actual.pixels.astype(int) - expected.pixels.astype(int)).max() <= 1
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == (4 if scratches else 3)
-
-
-def test_onnx_backend_refuses_the_hr_mapping_before_any_image(weights_dir, tmp_path, monkeypatch):
-    from imgforge.errors import RunWideError
-
-    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(RunWideError, match="hr mapping has no ONNX graph yet; use --backend torch"):
-        pipeline.Restorer(pipeline.Settings(hr=True, faces=False), device="cpu", backend="onnx",
-                          weights_dir=weights_dir, quiet=True)
 
 
 @pytest.mark.parametrize("hr", [False, True])

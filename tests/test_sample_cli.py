@@ -160,10 +160,10 @@ def test_bf16_stays_close_to_fp32(tiny_folder):
 
 
 def test_ctrl_c_leaves_complete_files_and_a_resume_finishes_the_run(tiny_folder, tmp_path, monkeypatch, capfd):
-    import imgforge.imageio
+    import imgforge.pipelines.sample as pipeline
 
     out = tmp_path / "out"
-    write = imgforge.imageio.write_image
+    write = pipeline.write_image
     calls = []
 
     def interrupted_on_the_third(path, pixels, **kwargs):
@@ -172,12 +172,12 @@ def test_ctrl_c_leaves_complete_files_and_a_resume_finishes_the_run(tiny_folder,
             raise KeyboardInterrupt
         write(path, pixels, **kwargs)
 
-    monkeypatch.setattr(imgforge.imageio, "write_image", interrupted_on_the_third)
+    monkeypatch.setattr(pipeline, "write_image", interrupted_on_the_third)
     args = ["sample", "-m", str(tiny_folder), "-n", "4", "--steps", "3", "--batch-size", "2", "--device", "cpu",
             "-q", "-o", str(out)]
     assert main(args) == 130
     assert sorted(p.name for p in out.iterdir()) == ["sample_00000.png", "sample_00001.png"]
-    monkeypatch.setattr(imgforge.imageio, "write_image", write)
+    monkeypatch.setattr(pipeline, "write_image", write)
     assert main(args + ["--skip-existing"]) == 0
     resumed = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(4)])
     np.testing.assert_array_equal(resumed, sample(str(tiny_folder), num=4, steps=3, device="cpu", quiet=True).images)

@@ -12,8 +12,8 @@ import typer
 from ..errors import PartialFailure
 from ..progress import console
 
-if TYPE_CHECKING:  # batch pulls in OpenCV and Pillow, which commands that do not read images need not load
-    from ..batch import BatchReport
+if TYPE_CHECKING:  # the engine pulls in OpenCV and Pillow, which commands that do not read images need not load
+    from ..engine import BatchReport, EngineOptions
 
 Inputs = Annotated[List[str], typer.Argument(help="Input images, folders or glob patterns.", metavar="INPUT",
                                              show_default=False)]
@@ -55,8 +55,33 @@ WeightsDir = Annotated[
         show_default=False,
     ),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Images per forward pass.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, metavar="N",
+                                        help="Images per forward pass (and per Ray batch).")]
+Engine = Annotated[
+    Optional[str],
+    typer.Option("--engine", metavar="local|ray", show_default=False,
+                 help="local (default), or ray: a pool of Ray workers (also IMGFORGE_ENGINE)."),
+]
+RayAddress = Annotated[
+    Optional[str],
+    typer.Option("--ray-address", metavar="ADDR", show_default=False,
+                 help="The Ray cluster for --engine ray (default: RAY_ADDRESS, else a Ray started on this "
+                 "machine)."),
+]
+Workers = Annotated[int, typer.Option("--workers", min=1, metavar="N",
+                                      help="Ray workers (actors), each loading the networks once.")]
+GpusPerWorker = Annotated[
+    float, typer.Option("--gpus-per-worker", min=0.0, metavar="G",
+                        help="GPUs each Ray worker reserves; 0.5 lets two share one.")
+]
 Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Random seed, for reproducible results.")]
+
+
+def engine_choice(engine: str | None, ray_address: str | None, workers: int,
+                  gpus_per_worker: float) -> EngineOptions:
+    from ..engine import EngineOptions
+
+    return EngineOptions(name=engine, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
 
 
 def finish_batch(report: BatchReport, *, json: bool = False, quiet: bool = False) -> None:

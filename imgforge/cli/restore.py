@@ -59,6 +59,10 @@ def restore(
         bool, typer.Option("--save-faces", help="Also write the faces, as found and as enhanced, beside the "
                            "output (<name>_faces_aligned.png, <name>_faces_enhanced.png; side by side).")
     ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, metavar="N",
+                          help="Images handed to a worker at a time (restored one by one).")
+    ] = 1,
     recursive: options.Recursive = False,
     suffix: options.Suffix = "",
     output_format: options.OutputFormat = None,
@@ -70,6 +74,10 @@ def restore(
     backend: options.Backend = "torch",
     offline: options.Offline = False,
     weights_dir: options.WeightsDir = None,
+    engine: options.Engine = None,
+    ray_address: options.RayAddress = None,
+    workers: options.Workers = 1,
+    gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
     """Restore old photos: repair scratches, reduce noise, blur and fading, then enhance the faces.
 
@@ -83,6 +91,7 @@ def restore(
         face_detector=face_detector.lower(), save_faces=save_faces, device=device, precision=precision,
         backend=backend.lower(), recursive=recursive,
         suffix=suffix, output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json,
-        offline=offline, weights_dir=weights_dir,
+        offline=offline, weights_dir=weights_dir, batch_size=batch_size,
+        engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),
     )
     options.finish_batch(report, json=json, quiet=quiet)

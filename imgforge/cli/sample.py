@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -36,25 +35,30 @@ def sample(
                                       help="Image i uses seed+i, whatever -n and --batch-size.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", min=1, help="Images per U-Net call.")] = 16,
     output: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option("-o", "--output", metavar="DIR",
-                     help="Folder for sample_00000.png ... (default: samples/, unless only "
+                     help="Folder or s3:// URL for sample_00000.png ... (default: samples/, unless only "
                      "--grid is given).", show_default=False),
     ] = None,
     grid: Annotated[
-        Optional[Path], typer.Option("--grid", metavar="FILE",
+        Optional[str], typer.Option("--grid", metavar="FILE",
                                      help="Also write one tiled picture of all samples.", show_default=False)
     ] = None,
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Keep the sample files already there and make only the missing "
                            "ones (resume an interrupted run).")
     ] = False,
+    json: options.JsonReport = False,
     quiet: options.Quiet = False,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
     backend: options.Backend = "torch",
     offline: options.Offline = False,
     weights_dir: options.WeightsDir = None,
+    engine: options.Engine = None,
+    ray_address: options.RayAddress = None,
+    workers: options.Workers = 1,
+    gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
     """Generate images with DDPM, from the official checkpoints or your own diffusers model.
 
@@ -62,14 +66,13 @@ def sample(
     from ..pipelines.sample import sample as run_sample
 
     if output is None and grid is None:
-        output = Path("samples")
+        output = "samples"
     report = run_sample(
         model, num=num, steps=steps, sampler=sampler.lower(), eta=eta, spacing=spacing, seed=seed,
         batch_size=batch_size, device=device, precision=precision, backend=backend.lower(), output=output,
-        grid=grid, skip_existing=skip_existing, quiet=quiet, offline=offline or None, weights_dir=weights_dir,
+        grid=grid, skip_existing=skip_existing, quiet=quiet, json=json, offline=offline or None,
+        weights_dir=weights_dir, engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),
     )
-    if not quiet:
-        where = [f"{len(report.written)} images in {output}"] if output is not None else []
-        where += [f"{report.skipped} already there"] if report.skipped else []
-        where += [f"grid {report.grid}"] if report.grid is not None else []
-        console.print("wrote " + ", ".join(where), markup=False, highlight=False)
+    if report.grid is not None and not quiet:
+        console.print(f"grid: {report.grid}", markup=False, highlight=False, soft_wrap=True)
+    options.finish_batch(report, json=json, quiet=quiet)

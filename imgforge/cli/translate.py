@@ -83,6 +83,10 @@ def translate(
     backend: options.Backend = "torch",
     offline: options.Offline = False,
     weights_dir: options.WeightsDir = None,
+    engine: options.Engine = None,
+    ray_address: options.RayAddress = None,
+    workers: options.Workers = 1,
+    gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
     """Translate images with pix2pix or CycleGAN.
 
@@ -97,6 +101,6 @@ def translate(
         direction=direction, size=size, aligned=aligned, compare=compare, seed=seed, batch_size=batch_size,
         device=device, precision=precision, backend=backend, recursive=recursive, suffix=suffix,
         output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json, offline=offline,
-        weights_dir=weights_dir,
+        weights_dir=weights_dir, engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),
     )
     options.finish_batch(report, json=json, quiet=quiet)

@@ -148,7 +148,9 @@ def describe_mapping(net: nn.Module) -> Descriptor:
         latent = torch.randn((1, channels, height // 4, width // 4), generator=generator)
         if not masked:
             return (latent,)
-        return latent, (torch.rand((1, 1, height, width), generator=generator) > 0.9).float()
+        mask = (torch.rand((1, 1, height, width), generator=generator) > 0.995).float()
+        mask[..., :, :width // 2] = 1  # a scratched half: patches to fill, and patches to fill them from
+        return latent, mask
 
     names = ("latent", "mask") if masked else ("latent",)
     axes = {"latent": {0: "batch", 2: "latent_height", 3: "latent_width"},
@@ -156,12 +158,9 @@ def describe_mapping(net: nn.Module) -> Descriptor:
             "latent_mapped": {0: "batch", 2: "latent_height", 3: "latent_width"}}
     io = {"latent": "N x 64 x h x w float32, VAE_A's latent", "latent_mapped": "N x 64 x h x w, for VAE_B",
           "mask": "N x 1 x 4h x 4w float32, 1 = scratch (image size)"}
-    # the HR patch attention has no graph form (oldphoto_onnx.mapping_graph)
     used = (*names, "latent_mapped")
-    exports = () if kind == "hr" else (
-        Export("mapping", mapping_graph(net), example_inputs, names, ("latent_mapped",),
-               {k: v for k, v in axes.items() if k in used}, {k: v for k, v in io.items() if k in used}, 4, 16),
-    )
+    exports = (Export("mapping", mapping_graph(net), example_inputs, names, ("latent_mapped",),
+                      {k: v for k, v in axes.items() if k in used}, {k: v for k, v in io.items() if k in used}, 4, 16),)
     return Descriptor(
         family="oldphoto_mapping", task="restore", in_channels=channels, out_channels=channels,
         size_multiple=4, min_side=16, precisions=("fp32", "bf16", "fp16"), parameters=parameter_count(net),

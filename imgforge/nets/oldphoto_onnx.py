@@ -106,7 +106,71 @@ class ScratchMappingGraph(nn.Module):
         return plain_sequential(self.mapping.after_NL, features)
 
 
+def _best_keys_loop(unit: torch.Tensor, is_key: torch.Tensor, tile_elements: int) -> torch.Tensor:
+    """For every patch (unit: N x P x D, unit-length rows), the index of the key patch (is_key: N x 1 x P, 1 =
+    key) of highest softmax-ed cosine similarity, as the official max(1).indices over the keys; query rows
+    in chunks (an ONNX Loop) so that the P x P similarity is never whole."""
+    rows = max(1, tile_elements // (unit.shape[0] * unit.shape[1]))
+    chunks: List[torch.Tensor] = []
+    for start in range(0, unit.shape[1], rows):
+        similarity = torch.bmm(unit[:, start:start + rows], unit.transpose(1, 2))
+        similarity = similarity.masked_fill(is_key == 0, float("-inf"))
+        chunks.append(torch.softmax(similarity, 2).argmax(2))
+    return torch.cat(chunks, 1)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    best_keys_loop = torch.jit.script(_best_keys_loop)
+
+
+class PatchAttentionGraph(nn.Module):
+    """nonlocal_attention.PatchAttention's function as graph operations: the scratched patches (share > 0.6)
+    take the best-matching unscratched patch, for every image of the batch at once."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        block, p = self.block, self.block.patch_size
+        x = plain_sequential(block.res_block, z)
+        n, c, h, w = x.shape
+        touched = F.interpolate(mask, (h, w), mode="bilinear", align_corners=False)
+        touched = torch.where(touched > 0, torch.ones_like(touched), touched)
+        rows, cols = h // p, w // p
+        grid = (n, c, rows, p, cols, p)
+        patches = x[:, :, :rows * p, :cols * p].reshape(grid).permute(0, 2, 4, 1, 3, 5).reshape(n, rows * cols, -1)
+        share = touched[:, :, :rows * p, :cols * p].reshape(n, 1, rows, p, cols, p).mean((3, 5)).reshape(n, -1)
+        query, key = share > 0.6, share <= 0.6
+        unit = patches / patches.norm(dim=2, keepdim=True).clamp_min(1e-12)
+        best = best_keys_loop(unit, key.unsqueeze(1).to(unit.dtype), AFFINITY_TILE_ELEMENTS)
+        chosen = torch.gather(patches, 1, best.unsqueeze(2).expand_as(patches))
+        active = (query.any(1) & key.any(1)).view(n, 1, 1)  # something to fill, and something to fill from
+        composed = torch.where(query.unsqueeze(2) & active, chosen, patches)
+        composed = composed.reshape(n, rows, cols, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, rows * p, cols * p)
+        # the official fold leaves zeros where h or w is not a multiple of p
+        composed = F.pad(composed, (0, w - cols * p, 0, h - rows * p))
+        x = torch.where(active.view(n, 1, 1, 1), composed, x)
+        return block.F_Combine(torch.cat([z, x, touched], 1))
+
+
+class PatchMappingGraph(nn.Module):
+    def __init__(self, mapping: nn.Module):
+        super().__init__()
+        self.mapping = mapping
+        self.scales = nn.ModuleList(PatchAttentionGraph(getattr(mapping, f"NL_scale_{i}")) for i in (1, 2, 3))
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mapping = self.mapping
+        x = plain_sequential(mapping.before_NL, z)
+        for attention, after in zip(self.scales, (mapping.res_block_1, mapping.res_block_2, mapping.after_NL)):
+            x = plain_sequential(after, attention(x, mask))
+        return x
+
+
 def mapping_graph(mapping: nn.Module) -> nn.Module:
-    """The exportable form of a quality or scratch mapping (the HR patch attention has none yet: its
-    data-dependent patch selection is not written as graph operations)."""
-    return SequentialPart(mapping, "model") if hasattr(mapping, "model") else ScratchMappingGraph(mapping)
+    """The exportable form of a mapping network."""
+    if hasattr(mapping, "model"):
+        return SequentialPart(mapping, "model")
+    return ScratchMappingGraph(mapping) if hasattr(mapping, "NL") else PatchMappingGraph(mapping)

@@ -31,13 +31,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import hub, imageio, manifest, runtime
-from ..batch import IMAGE_EXTENSIONS, BatchReport, Job, plan_jobs, run_batch
+from ..batch import IMAGE_EXTENSIONS, Job, plan_jobs
+from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, InputError, RunWideError
 from ..imageio import Picture
 from ..nets import registry
 from ..nets.mapping import mapping_kind
 from ..progress import console, report_within_item
+from ..storage import location
 from .faces import FaceCrop, FaceEnhancer
 
 MODELS = {"quality": "oldphoto-quality", "scratch": "oldphoto-scratch", "hr": "oldphoto-hr"}
@@ -349,54 +351,96 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
             backend: str = "torch",
             precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
-            weights_dir: hub.WeightsDirs = None) -> BatchReport:
-    """Restore image files (files, folders, globs) into `output` (a file for one input, else a folder; default:
-    beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a folder of masks
-    named like the inputs. With save_mask, the scratch mask is written beside each output as <name>_mask.png;
-    with save_faces, the faces as found and as enhanced as <name>_faces_aligned.png and <name>_faces_enhanced.png
-    (side by side in detection order; not written for a photo without faces)."""
+            weights_dir: hub.WeightsDirs = None, batch_size: int = 1,
+            engine: EngineOptions | str | None = None) -> BatchReport:
+    """Restore image files (files, folders, globs; local or s3://) into `output` (a file for one input, else a
+    folder; default: beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a
+    folder of masks named like the inputs. With save_mask, the scratch mask is written beside each output as
+    <name>_mask.png; with save_faces, the faces as found and as enhanced as <name>_faces_aligned.png and
+    <name>_faces_enhanced.png (side by side in detection order; not written for a photo without faces).
+    `engine`: local (default) or ray, see imgforge.engine; batch_size: images handed to a worker at a time
+    (they are restored one by one)."""
     settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
     if save_faces and not faces:
         raise ImgforgeError("--save-faces needs the face stage; it cannot be combined with --no-faces")
     settings.check(has_mask=mask is not None, save_mask=save_mask)
+    if batch_size < 1:
+        raise ImgforgeError("--batch-size must be at least 1")
+    engine = engine_options(engine)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
-    given_masks = _mask_files(Path(mask)) if mask is not None else []
+    given_masks = _mask_files(location(mask)) if mask is not None else []
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
                      extension=output_format, default_suffix="_restored",
                      side_suffixes=[MASK_OUTPUT] * save_mask + [*FACE_OUTPUTS] * save_faces, also_read=given_masks)
-    find_mask = _mask_finder(Path(mask), len(jobs)) if mask is not None else None
-    restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
-                        weights_dir=weights_dir, quiet=quiet)
+    if mask is not None:
+        find_mask = _mask_finder(location(mask), len(jobs))
+        jobs = [replace(job, options=_mask_option(find_mask, job.source)) for job in jobs]
+    task = RestoreTask(settings, device=device, precision=precision, offline=offline,
+                       weights_dir=weights_dir, quiet=quiet,
+                       save_mask=save_mask, save_faces=save_faces, backend=backend,
+                       batch_size=batch_size)
+    return execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json)
 
-    if backend == "onnx" and not quiet:
-        console.print(f"running on {restorer.provider}", markup=False, highlight=False)
 
-    def load(job: Job) -> tuple[Picture, np.ndarray | None]:
-        given = mask_array(imageio.read_image(find_mask(job.source))) if find_mask else None
-        return imageio.read_image(job.source), given
+@dataclass(frozen=True)
+class RestoreTask:
+    """restore's options for imgforge.engine; setup() loads the networks, once per worker."""
 
-    def compute(items: list[tuple[Picture, np.ndarray | None]]) -> list[RestoreResult]:
-        return [restorer.run(picture, given) for picture, given in items]
+    settings: Settings
+    device: str
+    precision: str
+    offline: bool | None
+    weights_dir: hub.WeightsDirs
+    quiet: bool
+    save_mask: bool
+    save_faces: bool
+    backend: str = "torch"
+    batch_size: int = 1
+    label: str = "restoring"
 
-    def save(job: Job, item: tuple[Picture, np.ndarray | None], result: RestoreResult) -> dict:
-        record = {"model": restorer.entry.name, "mode": mode, "provider": restorer.provider}
-        if restorer.faces is not None:
+    def setup(self) -> RestoreWorker:
+        restorer = Restorer(self.settings, device=self.device, precision=self.precision, backend=self.backend,
+                            offline=self.offline, weights_dir=self.weights_dir, quiet=self.quiet)
+        if self.backend == "onnx" and not self.quiet:
+            console.print(f"running on {restorer.provider}", markup=False, highlight=False)
+        return RestoreWorker(self, restorer)
+
+
+class RestoreWorker:
+    """A loaded Restorer and the per-file steps around it."""
+
+    def __init__(self, task: RestoreTask, restorer: Restorer):
+        self.task, self.restorer = task, restorer
+
+    def load(self, job: Job) -> tuple[Picture, np.ndarray | None]:
+        if "mask_error" in job.options:
+            raise InputError(job.options["mask_error"])
+        given = job.options.get("mask")
+        return imageio.read_image(job.source), mask_array(imageio.read_image(given)) if given else None
+
+    def group_key(self, item) -> None:
+        return None
+
+    def compute(self, items: list[tuple[Picture, np.ndarray | None]]) -> list[RestoreResult]:
+        return [self.restorer.run(picture, given) for picture, given in items]
+
+    def save(self, job: Job, item: tuple[Picture, np.ndarray | None], result: RestoreResult) -> dict:
+        record = {"model": self.restorer.entry.name, "mode": self.task.settings.mode,
+                  "provider": self.restorer.provider}
+        if self.restorer.faces is not None:
             record["faces"] = len(result.faces)
-        if save_faces and result.faces:  # before the output, as the mask
+        if self.task.save_faces and result.faces:  # before the output, as the mask
             for suffix, crops in zip(FACE_OUTPUTS, zip(*((face.aligned, face.enhanced) for face in result.faces))):
                 imageio.write_image(job.side_output(suffix), np.concatenate(crops, axis=1))
             record["face_files"] = [str(job.side_output(suffix)) for suffix in FACE_OUTPUTS]
         if result.mask is not None:
             record["scratch_fraction"] = round(float(result.mask.mean()), 6)
-        if save_mask and result.mask is not None:  # before the output: an existing output implies its mask
+        if self.task.save_mask and result.mask is not None:  # before the output: an existing output implies its mask
             mask_path = job.side_output(MASK_OUTPUT)
             imageio.write_image(mask_path, result.mask.astype(np.uint8) * 255)
             record["mask"] = str(mask_path)
         imageio.write_image(job.target, result.pixels, alpha=result.alpha, like=item[0])
         return record
-
-    return run_batch(jobs, load=load, compute=compute, save=save, skip_existing=skip_existing, quiet=quiet,
-                     label="restoring", json_lines=json)
 
 
 def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
@@ -443,6 +487,7 @@ def _mask_files(mask: Path) -> list[Path]:
 
 
 def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
+    """Which mask file goes with an input, decided at plan time (a job carries its mask's path)."""
     if mask.is_dir():
         def in_folder(source: Path) -> Path:
             for extension in sorted(IMAGE_EXTENSIONS):
@@ -458,6 +503,14 @@ def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
         raise InputError(f"--mask {mask} is one file but there are {job_count} inputs; give a folder of masks "
                          "named like the inputs")
     return lambda source: mask
+
+
+def _mask_option(find_mask: Callable[[Path], Path], source: Path) -> dict:
+    """A job's mask, or why it has none (that file fails, the others go on)."""
+    try:
+        return {"mask": str(find_mask(source))}
+    except InputError as exc:
+        return {"mask_error": str(exc)}
 
 
 def _begin(work: Work, step: str) -> None:

@@ -18,11 +18,15 @@ import numpy as np
 import torch
 
 from .. import hub, manifest, runtime
+from ..batch import Job, claim_outputs, output_exists
 from ..checkpoint import load_state_dict
+from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..errors import ImgforgeError, ModelError, OutputError
+from ..imageio import read_image, write_image
 from ..nets import registry
 from ..nets.ddpm_unet import DDPMUNet, describe_unet
-from ..progress import console, make_progress
+from ..progress import console
+from ..storage import location
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
 DEFAULT_MODEL = "ddpm-cifar10-32"
@@ -42,18 +46,15 @@ class DiffusionModel:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        size = self.unet.config.sample_size or 32
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return self.unet.config.in_channels, height, width
+        return _image_shape(self.unet.config.sample_size, self.unet.config.in_channels)
 
 
 @dataclass
-class SampleReport:
-    """What `sample` did: the files written (in index order), how many existed already, the grid, and the
-    images themselves (N x H x W x C uint8) when nothing was written to disk."""
+class SampleReport(BatchReport):
+    """What `sample` did: the records of imgforge.engine, the files written (in index order), the grid, and
+    the images themselves (N x H x W x C uint8) when nothing was written to disk."""
 
     written: list[Path] = field(default_factory=list)
-    skipped: int = 0
     grid: Path | None = None
     images: np.ndarray | None = None
     provider: str = ""  # where the U-Net ran: torch:<device> or onnxruntime:<execution provider>
@@ -64,19 +65,7 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
     """A manifest model name (downloaded on first use) or a local diffusers-format folder: config.json +
     scheduler_config.json + diffusion_pytorch_model.{safetensors,bin}, or a pipeline folder with unet/ and
     scheduler/ sub-folders."""
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        config_path, scheduler_path, weights_path = _folder_files(folder)
-        name = folder.name
-    elif any(sep in model for sep in ("/", "\\")) or model.startswith("."):
-        raise ImgforgeError(f"model folder not found: {model}")
-    else:
-        entry = manifest.get_model(model)
-        if entry.task != "sample" or entry.arch != "ddpm_unet":
-            raise ImgforgeError(f"model '{model}' is a {entry.task} model, not a sampling (DDPM) model")
-        paths = hub.fetch_model(entry, offline=offline, weights_dir=weights_dir, quiet=quiet)
-        config_path, scheduler_path, weights_path = paths["config"], paths["scheduler"], paths["weights"]
-        name = entry.name
+    name, (config_path, scheduler_path, weights_path) = _model_files(model, offline, weights_dir, quiet)
     unet_config = _read_json(config_path)
     _check_sample_size(unet_config.get("sample_size"), config_path)
     schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
@@ -90,48 +79,77 @@ def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Networ
     return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source)]
 
 
+def _model_files(model: str, offline: bool | None, weights_dir: hub.WeightsDirs,
+                 quiet: bool) -> tuple[str, tuple[Path, Path, Path]]:
+    """The model's name and its (config, scheduler config, weights) files, downloaded if needed."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder.name, _folder_files(folder)
+    if any(sep in model for sep in ("/", "\\")) or model.startswith("."):
+        raise ImgforgeError(f"model folder not found: {model}")
+    entry = manifest.get_model(model)
+    if entry.task != "sample" or entry.arch != "ddpm_unet":
+        raise ImgforgeError(f"model '{model}' is a {entry.task} model, not a sampling (DDPM) model")
+    paths = hub.fetch_model(entry, offline=offline, weights_dir=weights_dir, quiet=quiet)
+    return entry.name, (paths["config"], paths["scheduler"], paths["weights"])
+
+
 def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000, sampler: str = "ddpm",
              seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
              eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
              on_step: Callable[[], None] | None = None,
              on_ready: Callable[[str], None] | None = None,
              cuda_graphs: bool = True) -> Iterator[tuple[list[int], np.ndarray]]:
-    """Yields (indices, uint8 images N x H x W x C) batch by batch; image i is the same whatever else is drawn.
-    The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is left as it was. On CUDA
-    its forward is replayed from CUDA graphs (one per batch shape) unless `cuda_graphs` is False."""
+    """Yields (indices, uint8 images N x H x W x C) batch by batch; image i (drawn with seed + i) is the same
+    whatever else is drawn. The U-Net runs on `device` in `precision` as a copy where needed: `model` itself is
+    left as it was. On CUDA its forward is replayed from CUDA graphs (one per batch shape) unless `cuda_graphs`
+    is False."""
     if batch_size < 1:
         raise ImgforgeError(f"--batch-size must be at least 1, not {batch_size}")
-    chosen = make_sampler(sampler, model.schedule, steps, eta=eta, spacing=spacing)
-    torch_device = runtime.select_device(device)
-    dtype = runtime.select_dtype(precision, torch_device)
-    eps_fn = make_eps_function(model.unet, torch_device, dtype, backend, cuda_graphs)
+    draw = Drawer(model, steps=steps, sampler=sampler, device=device, precision=precision, eta=eta,
+                  spacing=spacing, backend=backend, cuda_graphs=cuda_graphs)
     if on_ready is not None:
-        on_ready(eps_fn.provider)
+        on_ready(draw.eps_fn.provider)
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start:start + batch_size])
-        generators = [torch.Generator().manual_seed(seed + i) for i in batch]
+        yield batch, draw([seed + i for i in batch], on_step)
+
+
+class Drawer:
+    """A U-Net on its device with its sampler, set up once: `draw(seeds)` gives one uint8 image
+    (N x H x W x C) per seed, each from its own generator, which draws x_T and every step's noise."""
+
+    def __init__(self, model: DiffusionModel, *, steps: int, sampler: str, device: str, precision: str,
+                 eta: float, spacing: str | None, backend: str, cuda_graphs: bool = True):
+        self.shape = model.image_shape
+        self.sampler = make_sampler(sampler, model.schedule, steps, eta=eta, spacing=spacing)
+        self.device = runtime.select_device(device)
+        dtype = runtime.select_dtype(precision, self.device)
+        self.eps_fn = make_eps_function(model.unet, self.device, dtype, backend, cuda_graphs)
+
+    def __call__(self, seeds: Sequence[int], on_step: Callable[[], None] | None = None) -> np.ndarray:
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
 
         def noise() -> torch.Tensor:
-            draws = [torch.randn(model.image_shape, generator=g) for g in generators]
-            return torch.stack(draws).to(torch_device)
+            draws = [torch.randn(self.shape, generator=g) for g in generators]
+            return torch.stack(draws).to(self.device)
 
         with torch.inference_mode():
-            x = chosen.run(eps_fn, noise(), noise, on_step)
+            x = self.sampler.run(self.eps_fn, noise(), noise, on_step)
             pixels = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        yield batch, pixels.permute(0, 2, 3, 1).cpu().numpy()
+        return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, sampler: str = "ddpm",
            seed: int = 0, batch_size: int = 16, device: str = "auto", precision: str = "fp32",
            eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
            output: str | Path | None = None, grid: str | Path | None = None, skip_existing: bool = False,
-           quiet: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None) -> SampleReport:
-    """Draw `num` images. With `output`, each is written as output/sample_00000.png ... as soon as its batch
-    is done (nothing accumulates in memory; an interrupted run leaves only complete files, and skip_existing
-    resumes it); `grid` writes one tiled picture of all of them. Without either, the images are returned."""
-    from ..batch import claim_outputs, output_exists
-    from ..imageio import read_image, write_image
-
+           quiet: bool = False, json: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
+           engine: EngineOptions | str | None = None) -> SampleReport:
+    """Draw `num` images. With `output` (a folder or s3:// URL), image i is written as sample_{i:05d}.png as
+    soon as its batch is done (an interrupted run leaves only complete files, and skip_existing resumes it);
+    `grid` writes one tiled picture of all of them. Without either, the images are returned. Each image is a
+    job of imgforge.engine with its own seed (seed + i); `engine`: local (default) or ray."""
     if num < 1:
         raise ImgforgeError(f"-n/--num must be at least 1, not {num}")
     if sampler not in SAMPLERS:
@@ -139,61 +157,110 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     if steps < 1 or batch_size < 1:
         raise ImgforgeError(f"--steps and --batch-size must be at least 1, not {steps} and {batch_size}")
     runtime.check_backend(backend)
-    folder = Path(output) if output is not None else None
-    grid_path = Path(grid) if grid is not None else None
-    files = [folder / FILE_PATTERN.format(i) for i in range(num)] if folder is not None else []
-    claim_outputs([*((path, f"sample {i}") for i, path in enumerate(files)),
+    engine = engine_options(engine)
+    folder = location(output) if output is not None else None
+    grid_path = location(grid) if grid is not None else None
+    if folder is None and engine.engine == "ray":
+        raise ImgforgeError("--engine ray writes the samples where the workers run: give -o (a folder or s3:// URL)")
+    files = [folder / FILE_PATTERN.format(i) for i in range(num)] if folder is not None else [None] * num
+    claim_outputs([*((path, f"sample {i}") for i, path in enumerate(files) if path is not None),
                    *([(grid_path, "the grid")] if grid_path is not None else [])])
-    existing = {i for i, path in enumerate(files) if output_exists(path)}
-    if grid_path is not None:
-        output_exists(grid_path)
-    loaded = load_model(model, offline=offline, weights_dir=weights_dir, quiet=quiet)
-    channels, height, width = loaded.image_shape
+    if isinstance(grid_path, Path):
+        output_exists(grid_path)  # a folder in the way fails now, not after the run
+    # the files now, so that a missing model fails before any worker starts; the grid needs the image size
+    _, (config_path, _, _) = _model_files(model, offline, weights_dir, quiet)
+    config = _read_json(config_path)
+    _check_sample_size(config.get("sample_size"), config_path)
+    shape = _image_shape(config.get("sample_size"), config.get("in_channels", 3))
+    keep: dict[int, np.ndarray] | None = {} if folder is None else None
+    task = SampleTask(model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing, device=device,
+                      precision=precision, backend=backend, offline=offline, weights_dir=weights_dir,
+                      batch_size=batch_size, quiet=quiet, keep=keep)
+    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
     report = SampleReport(grid=grid_path)
-    todo = [i for i in range(num) if not (skip_existing and i in existing)]
-    report.skipped = num - len(todo)
-    keep = np.zeros((num, height, width, channels), np.uint8) if folder is None and grid_path is None else None
-    canvas = _GridCanvas(num, height, width, channels) if grid_path is not None else None
-    if canvas is not None and folder is not None:
-        for i in sorted(set(range(num)) - set(todo)):
-            canvas.put(i, _as_sample(read_image(files[i]).pixels, (height, width, channels), files[i]))
-
-    chosen_steps = len(make_sampler(sampler, loaded.schedule, steps, eta=eta, spacing=spacing).timesteps)
-    batches = math.ceil(len(todo) / batch_size) if todo else 0
-    with make_progress(quiet=quiet) as progress:
-        task = progress.add_task(f"sampling: batch 1/{batches}", total=batches * chosen_steps)
-        done = 0
-        try:
-            for batch, images in generate(
-                loaded, todo, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, device=device,
-                precision=precision, eta=eta, spacing=spacing, backend=backend,
-                on_step=lambda: progress.advance(task), on_ready=lambda provider: _ready(report, provider, quiet),
-            ):
-                done += 1
-                progress.update(task, description=f"sampling: batch {min(done + 1, batches)}/{batches}")
-                for i, image in zip(batch, images):
-                    if folder is not None:
-                        write_image(files[i], image)
-                        report.written.append(files[i])
-                    elif keep is not None:
-                        keep[i] = image
-                    if canvas is not None:
-                        canvas.put(i, image)
-        except KeyboardInterrupt:
-            progress.stop()
-            resume = "; --skip-existing resumes" if folder is not None else ""
-            raise KeyboardInterrupt(f"{len(report.written)} of {len(todo)} images written, each complete"
-                                    f"{resume}") from None
-    if canvas is not None:
-        write_image(grid_path, canvas.pixels)
-    report.images = keep
+    execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json, report=report)
+    done = sorted((record["index"], record["output"]) for record in report.records if record["status"] == "done")
+    if folder is not None:
+        report.written = [location(path) for _, path in done]
+    report.provider = next((r["provider"] for r in report.records if "provider" in r), "")
+    if report.grid is not None:
+        write_image(report.grid, _grid(report.records, keep, num, shape))
+    elif keep is not None and len(keep) == num:
+        report.images = np.stack([keep[i] for i in range(num)])
     return report
 
 
-def _ready(report: SampleReport, provider: str, quiet: bool) -> None:
-    report.provider = provider
-    if provider.startswith("onnxruntime") and not quiet:
-        console.print(f"running on {provider}", markup=False, highlight=False)
+@dataclass(frozen=True)
+class SampleTask:
+    """sample's options for imgforge.engine; setup() loads the U-Net, once per worker. `keep`: where images
+    go when no file is written (the local engine only: the worker runs in this process)."""
+
+    model: str
+    steps: int
+    sampler: str
+    eta: float
+    spacing: str | None
+    device: str
+    precision: str
+    backend: str
+    offline: bool | None
+    weights_dir: hub.WeightsDirs
+    batch_size: int
+    quiet: bool = False
+    keep: dict | None = None
+    label: str = "sampling"
+
+    def setup(self) -> SampleWorker:
+        worker = SampleWorker(self, load_model(self.model, offline=self.offline, weights_dir=self.weights_dir,
+                                               quiet=True))
+        if self.backend == "onnx" and not self.quiet:
+            console.print(f"running on {worker.draw.eps_fn.provider}", markup=False, highlight=False)
+        return worker
+
+
+class SampleWorker:
+    """A loaded U-Net with its sampler: a job's item is its seed, a group of seeds is one batch of noise."""
+
+    def __init__(self, task: SampleTask, model: DiffusionModel):
+        self.task, self.model = task, model
+        self.draw = Drawer(model, steps=task.steps, sampler=task.sampler, device=task.device,
+                           precision=task.precision, eta=task.eta, spacing=task.spacing, backend=task.backend)
+
+    def load(self, job: Job) -> int:
+        return job.seed
+
+    def group_key(self, seed: int) -> None:
+        return None
+
+    def compute(self, seeds: list[int]) -> list[np.ndarray]:
+        return list(self.draw(seeds))
+
+    def save(self, job: Job, seed: int, image: np.ndarray) -> dict:
+        if job.target is None:
+            self.task.keep[job.options["index"]] = image
+        else:
+            write_image(job.target, image)
+        return {"index": job.options["index"], "provider": self.draw.eps_fn.provider}
+
+
+def _grid(records: list[dict], keep: dict | None, num: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """The tiled picture of every image drawn now or found on disk (a failed image leaves its cell empty)."""
+    channels, height, width = shape
+    canvas = _GridCanvas(num, height, width, channels)
+    for record in records:
+        index = record["index"] if "index" in record else None
+        if record["status"] == "failed":
+            continue
+        if index is None:  # skipped: read back the file that was there
+            path = location(record["output"])
+            index = int(path.stem.rsplit("_", 1)[1])
+            canvas.put(index, _as_sample(read_image(path).pixels, (height, width, channels), path))
+        elif keep is not None:
+            canvas.put(index, keep[index])
+        else:
+            path = location(record["output"])
+            canvas.put(index, _as_sample(read_image(path).pixels, (height, width, channels), path))
+    return canvas.pixels
 
 
 class _GridCanvas:
@@ -304,6 +371,13 @@ def _folder_files(folder: Path) -> tuple[Path, Path, Path]:
             "or unet/ and scheduler/ sub-folders)"
         )
     return config, scheduler, weights
+
+
+def _image_shape(sample_size: int | Sequence[int] | None, in_channels: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the images a U-Net draws."""
+    size = sample_size or 32
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return in_channels, height, width
 
 
 def _read_json(path: Path) -> dict:

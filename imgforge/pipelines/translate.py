@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import hub, manifest, runtime
-from ..batch import BatchReport, Job, plan_jobs, run_batch
+from ..batch import Job, plan_jobs
+from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, InputError
 from ..imageio import Picture, read_image, write_image
@@ -220,10 +221,12 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
               aligned: bool = False, compare: bool = False, seed: int | None = None, batch_size: int = 4,
               device: str = "auto", precision: str = "fp32", backend: str = "torch", recursive: bool = False,
               suffix: str = "", output_format: str | None = None, skip_existing: bool = False, quiet: bool = False,
-              json: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None) -> BatchReport:
-    """Translate images, folders or globs with a zoo model or a user's checkpoint; each output is written at
-    its input's size (next to it with the suffix `_translated`, or under `output`). Files that fail are
-    reported and skipped; the report lists them."""
+              json: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
+              engine: EngineOptions | str | None = None) -> BatchReport:
+    """Translate images, folders or globs (local or s3://) with a zoo model or a user's checkpoint; each output
+    is written at its input's size (next to it with the suffix `_translated`, or under `output`). Files that
+    fail are reported and skipped; the report lists them. `engine`: local (default) or ray, see
+    imgforge.engine."""
     if mode not in MODES:
         raise ImgforgeError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     if direction is not None and direction not in DIRECTIONS:
@@ -231,44 +234,79 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
     if batch_size < 1:
         raise ImgforgeError("--batch-size must be at least 1")
     runtime.check_backend(backend)
+    engine = engine_options(engine)
     sources = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
     jobs = plan_jobs(sources, None if output is None else os.fspath(output), recursive=recursive, suffix=suffix,
                      extension=output_format, default_suffix="_translated")
-    generator = load_generator(model, checkpoint, netG=netG, norm=norm, ngf=ngf, dropout=dropout, offline=offline,
-                               weights_dir=weights_dir, quiet=quiet)
-    if direction is None:  # the direction the zoo model was trained for; the official default otherwise
-        direction = (manifest.get_model(model).direction if model is not None else None) or "AtoB"
-    translator = Translator(generator, mode=mode, size=size, seed=seed, device=device, precision=precision,
-                            backend=backend)
-    if translator.uses_dropout and not translator.seeded and not quiet:
-        console.print("note: dropout is active at test time, as in the official test.py, so results vary from run "
-                      "to run; --seed N makes them reproducible, --eval or --no-dropout switches dropout off",
-                      markup=False, highlight=False, soft_wrap=True)
-    output_mode = translator.image_mode(translator.options.output_nc)
+    # one seed for the run, chosen here so that every worker draws the same dropout masks for an image
+    run_seed = seed if seed is not None else secrets.randbits(63)
+    task = TranslateTask(
+        generator=dict(model=model, checkpoint=None if checkpoint is None else os.fspath(checkpoint), netG=netG,
+                       norm=norm, ngf=ngf, dropout=dropout, offline=offline, weights_dir=weights_dir, quiet=quiet),
+        translator=dict(mode=mode, size=size, seed=run_seed, device=device, precision=precision, backend=backend),
+        seeded=seed is not None, direction=direction, aligned=aligned, compare=compare, batch_size=batch_size,
+    )
+    jobs = [replace(job, seed=seed) for job in jobs]  # in each record when the user chose it
+    return execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json)
 
-    def load(job: Job) -> _Item:
+
+@dataclass(frozen=True)
+class TranslateTask:
+    """translate's options for imgforge.engine; setup() loads the generator, once per worker."""
+
+    generator: dict  # load_generator's arguments
+    translator: dict  # Translator's arguments
+    seeded: bool  # the user chose the seed
+    direction: str | None  # None: the one the zoo model was trained for, else the official AtoB
+    aligned: bool
+    compare: bool
+    batch_size: int
+    label: str = "translating"
+
+    def setup(self) -> TranslateWorker:
+        translator = Translator(load_generator(**self.generator), **self.translator)
+        if translator.uses_dropout and not self.seeded and not self.generator["quiet"]:
+            console.print("note: dropout is active at test time, as in the official test.py, so results vary from "
+                          "run to run; --seed N makes them reproducible, --eval or --no-dropout switches dropout off",
+                          markup=False, highlight=False, soft_wrap=True)
+        model = self.generator["model"]
+        direction = self.direction or (manifest.get_model(model).direction if model is not None else None) or "AtoB"
+        if translator.backend == "onnx" and not self.generator["quiet"]:
+            console.print(f"running on {translator.provider}", markup=False, highlight=False)
+        return TranslateWorker(self, translator, direction)
+
+
+class TranslateWorker:
+    """A loaded translator and the per-file steps around it."""
+
+    def __init__(self, task: TranslateTask, translator: Translator, direction: str):
+        self.task, self.translator, self.direction = task, translator, direction
+        self.input_mode = translator.image_mode(translator.options.input_nc)
+        self.output_mode = translator.image_mode(translator.options.output_nc)
+
+    def load(self, job: Job) -> _Item:
         picture = read_image(job.source)
-        source = picture.to_pil(translator.image_mode(translator.options.input_nc))
+        source = picture.to_pil(self.input_mode)
         target = None
-        if aligned:
-            source, target = split_aligned(source, direction, job.source)
-        return _Item(picture, source, target, translator.prepare(source))
+        if self.task.aligned:
+            source, target = split_aligned(source, self.direction, job.source)
+        return _Item(picture, source, target, self.translator.prepare(source))
 
-    def save(job: Job, item: _Item, result: torch.Tensor) -> dict:
-        pixels = translator.finish(result, item.prepared)
-        alpha = item.picture.alpha if not (aligned or compare) else None
-        if compare:
+    def group_key(self, item: _Item) -> tuple:
+        return tuple(item.prepared.tensor.shape)
+
+    def compute(self, items: list[_Item]) -> list[torch.Tensor]:
+        return self.translator.run([item.prepared.tensor for item in items])
+
+    def save(self, job: Job, item: _Item, result: torch.Tensor) -> dict:
+        pixels = self.translator.finish(result, item.prepared)
+        alpha = item.picture.alpha if not (self.task.aligned or self.task.compare) else None
+        if self.task.compare:
             panels = [item.source] + ([item.target] if item.target is not None else [])
-            shown = [_panel(panel, output_mode, pixels.shape[1], pixels.shape[0]) for panel in panels]
+            shown = [_panel(panel, self.output_mode, pixels.shape[1], pixels.shape[0]) for panel in panels]
             pixels = np.concatenate([shown[0], pixels, *shown[1:]], axis=1)
         write_image(job.target, pixels, alpha=alpha, like=item.picture)
-        return {"provider": translator.provider}
-
-    if backend == "onnx" and not quiet:
-        console.print(f"running on {translator.provider}", markup=False, highlight=False)
-    return run_batch(jobs, load=load, compute=lambda items: translator.run([item.prepared.tensor for item in items]),
-                     save=save, batch_size=batch_size, group_key=lambda item: tuple(item.prepared.tensor.shape),
-                     skip_existing=skip_existing, quiet=quiet, label="translating", json_lines=json)
+        return {"provider": self.translator.provider}
 
 
 def split_aligned(image: Image.Image, direction: str, path: Path | None = None) -> tuple[Image.Image, Image.Image]:

@@ -1,0 +1,85 @@
+"""s3:// inputs and outputs through imgforge.storage, against moto's S3 server on 127.0.0.1 (conftest.s3_server):
+planning with the local naming rules, reading and writing images, skip-existing, and sample on the local
+engine. Ray's side is in tests/test_engine.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from imgforge.batch import plan_jobs
+from imgforge.cli import main
+from imgforge.errors import InputError
+from imgforge.imageio import read_image, write_image
+from imgforge.storage import ObjectPath, existing, location
+from test_sample_cli import write_folder
+
+pytest.importorskip("pyarrow")
+
+
+def put(url: str, value: int = 0) -> str:
+    write_image(url, np.full((6, 8, 3), value, np.uint8))
+    return url
+
+
+def test_urls_and_paths(tmp_path):
+    url = location("s3://bucket/scans/a b.png")
+    assert isinstance(url, ObjectPath) and str(url) == "s3://bucket/scans/a b.png"
+    assert str(url.parent / "out" / url.with_suffix(".jpg").name) == "s3://bucket/scans/out/a b.jpg"
+    assert url.key == "bucket/scans/a b.png" and location(tmp_path) == tmp_path
+    with pytest.raises(InputError, match="unsupported URL gs://b/x: use a local path or s3://bucket/key"):
+        location("gs://b/x")
+
+
+def test_planning_follows_the_local_naming_rules(s3_server):
+    bucket = s3_server()
+    for name in ("scans/a.png", "scans/b.jpg", "scans/deeper/c.png", "scans/.hidden.png"):
+        put(f"{bucket}/{name}")
+    location(f"{bucket}/scans/notes.txt").write_bytes(b"not an image")
+    jobs = plan_jobs([f"{bucket}/scans"], f"{bucket}/out", recursive=True, suffix="_x", extension="png")
+    assert [(str(j.source), str(j.target)) for j in jobs] == [
+        (f"{bucket}/scans/a.png", f"{bucket}/out/a_x.png"), (f"{bucket}/scans/b.jpg", f"{bucket}/out/b_x.png"),
+        (f"{bucket}/scans/deeper/c.png", f"{bucket}/out/deeper/c_x.png")]
+    beside = plan_jobs([f"{bucket}/scans/a.png"], None, default_suffix="_restored")
+    assert str(beside[0].target) == f"{bucket}/scans/a_restored.png"
+    with pytest.raises(InputError, match=f"cannot read {bucket}/nothing: no such file or folder"):
+        plan_jobs([f"{bucket}/nothing"], "out")
+    with pytest.raises(InputError, match="would overwrite the input"):
+        plan_jobs([f"{bucket}/scans/a.png"], f"{bucket}/scans")
+    with pytest.raises(InputError, match="no images match"):
+        plan_jobs([f"{bucket}/scans/*.png"], "out")
+
+
+def test_reading_writing_and_what_exists(s3_server):
+    bucket = s3_server()
+    url = put(f"{bucket}/x/one.png", value=7)
+    picture = read_image(url)
+    assert picture.pixels.shape == (6, 8, 3) and int(picture.pixels[0, 0, 0]) == 7 and str(picture.path) == url
+    with pytest.raises(InputError, match=f"cannot read {bucket}/x/two.png: no such file"):
+        read_image(f"{bucket}/x/two.png")
+    assert existing([location(url), location(f"{bucket}/x/two.png"), location(f"{bucket}/y/z.png")]) == {url}
+
+
+def test_translate_and_sample_on_the_local_engine(s3_server, tmp_path, capsys):
+    from test_translate_cli import write_checkpoint
+
+    bucket = s3_server()
+    for index in range(3):
+        put(f"{bucket}/in/p{index}.png", value=40 * index)
+    checkpoint = write_checkpoint(tmp_path / "g.pth")
+    args = ["translate", f"{bucket}/in", "-o", f"{bucket}/out", "--checkpoint", str(checkpoint), "--seed", "1",
+            "--json", "-q"]
+    assert main(args) == 0
+    assert main(args + ["--skip-existing"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get("status") for line in lines] == ["done"] * 3 + [None] + ["skipped"] * 3 + [None]
+    assert lines[0]["output"] == f"{bucket}/out/p0.png" and read_image(lines[0]["output"]).pixels.shape == (6, 8, 3)
+
+    model = write_folder(tmp_path / "ddpm")
+    assert main(["sample", "-m", str(model), "-n", "3", "--steps", "2", "--device", "cpu", "-q",
+                 "-o", f"{bucket}/samples", "--grid", f"{bucket}/grid.png"]) == 0
+    names = sorted(path.name for path in location(f"{bucket}/samples").iterdir())
+    assert names == ["sample_00000.png", "sample_00001.png", "sample_00002.png"]
+    assert read_image(f"{bucket}/grid.png").pixels.shape == (2 + 2 * 10, 2 + 2 * 10, 3)
