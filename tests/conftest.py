@@ -104,6 +104,7 @@ def ray_address(s3_server):
         [str(root.parent), str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     import logging
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             _node_ip_address="127.0.0.1")  # all of its traffic stays on loopback
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

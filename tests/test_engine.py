@@ -22,6 +22,8 @@ from imgforge.engine import EngineOptions, execute
 from imgforge.imageio import read_image
 from imgforge.storage import location
 from test_batch import DRIVER, make_image
+from test_restore_cli import checkpoints, served  # noqa: F401  (fixtures)
+from test_restore_cli import photos as restore_photos  # noqa: F401  (fixture)
 from test_sample_cli import write_folder
 from test_translate_cli import save_image, write_checkpoint
 
@@ -82,6 +84,27 @@ def test_ray_sample_writes_the_local_bytes(ray_address, tmp_path, capsys, monkey
     assert [r["seed"] for r in local] == [r["seed"] for r in on_ray]
     assert file_bytes(tmp_path / "local") == file_bytes(tmp_path / "ray")
     assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (2 + 2 * 10, 2 + 3 * 10, 3)
+
+
+def test_ray_restore_writes_the_local_bytes_with_the_drivers_settings(ray_address, served, restore_photos,
+                                                                      tmp_path, capsys):
+    """The Ray started for the session predates this test's Hub server, cache and manifest: the actors get them
+    from the driver (forwarded IMGFORGE_*/HF_* variables) and restore, masks and faces included, as locally."""
+    args = ["restore", str(restore_photos), "--save-mask", "--device", "cpu", "--json", "-q"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each 1-CPU actor runs: float sums in another order could move a level
+    try:
+        assert main(args + ["-o", str(tmp_path / "local")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    local = records(capsys)
+    assert main(args + ["-o", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    on_ray = records(capsys)
+    assert [r["status"] for r in on_ray] == ["done"] * 4
+    assert [(Path(r["output"]).name, r.get("faces")) for r in local] == \
+        [(Path(r["output"]).name, r.get("faces")) for r in on_ray]
+    assert file_bytes(tmp_path / "local") == file_bytes(tmp_path / "ray")
+    assert len(file_bytes(tmp_path / "ray")) == 8  # four photos and their masks
 
 
 def test_skip_existing_is_decided_at_plan_time(ray_address, photos, tmp_path, capsys):

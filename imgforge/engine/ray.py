@@ -25,6 +25,7 @@ from . import EngineOptions, Task, run_jobs
 JOB_COLUMN = "job"
 RECORD_COLUMN = "record"
 INDEX_COLUMN = "index"
+FORWARDED_PREFIXES = ("IMGFORGE_", "HF_", "AWS_")
 _IMGFORGE_ERROR = re.compile(r"imgforge\.errors\.(\w+): ([^\n]+)")
 
 
@@ -61,13 +62,20 @@ def run(ray, task: Task, jobs: Sequence[Job], options: EngineOptions, within=Non
     gpus = {"num_gpus": options.gpus_per_worker} if options.gpus_per_worker else {}
     results = dataset.map_batches(
         ActorWorker, fn_constructor_args=(task,), compute=ray.data.ActorPoolStrategy(size=options.workers),
-        batch_size=task.batch_size, batch_format="numpy", **gpus,
+        batch_size=task.batch_size, batch_format="numpy", runtime_env={"env_vars": forwarded_environment()},
+        **gpus,
     )
     try:
         for row in results.iter_rows():
             yield _as_planned(json.loads(row[RECORD_COLUMN]), jobs[row[INDEX_COLUMN]])
     except ray.exceptions.RayError as exc:
         raise _user_error(exc) from None
+
+
+def forwarded_environment() -> dict[str, str]:
+    """The driver's settings that decide where weights, caches and objects are (IMGFORGE_*, HF_*, AWS_*):
+    actors on a cluster, or in a Ray started before they were set, would not see them otherwise."""
+    return {name: value for name, value in os.environ.items() if name.startswith(FORWARDED_PREFIXES)}
 
 
 class ActorWorker:
@@ -91,7 +99,8 @@ def job_to_row(job: Job) -> dict:
     def name(path):
         return None if path is None else str(path) if storage.is_url(path) else os.path.abspath(path)
 
-    return {"source": name(job.source), "target": name(job.target), "seed": job.seed, "options": job.options}
+    return {"source": name(job.source), "target": name(job.target), "seed": job.seed, "options": job.options,
+            "side_outputs": [[suffix, name(path)] for suffix, path in job.side_outputs]}
 
 
 def _as_planned(record: dict, job: Job) -> dict:
@@ -108,7 +117,8 @@ def _as_planned(record: dict, job: Job) -> dict:
 def job_from_row(row: dict) -> Job:
     return Job(source=None if row["source"] is None else storage.location(row["source"]),
                target=None if row["target"] is None else storage.location(row["target"]), seed=row["seed"],
-               options=row["options"])
+               options=row["options"],
+               side_outputs=tuple((suffix, storage.location(path)) for suffix, path in row["side_outputs"]))
 
 
 def _user_error(exc: Exception) -> ImgforgeError:
