@@ -136,12 +136,18 @@ def test_s3_inputs_and_outputs_on_both_engines(ray_address, s3_server, photos, t
         assert written == expected
 
 
+def inverted_images(folder: Path, count: int, step: int) -> dict[str, np.ndarray]:
+    """`count` flat images in `folder`, by file name the pixels InvertTask writes for each."""
+    expected = {}
+    for index in range(count):
+        path = make_image(folder / f"img{index:02d}.png", value=index * step, size=(16, 12))
+        expected[path.name] = 255 - np.asarray(Image.open(path))
+    return expected
+
+
 def test_an_actor_killed_mid_run_loses_nothing_and_a_rerun_finishes(ray_address, tmp_path):
     source, output = tmp_path / "in", tmp_path / "out"
-    expected = {}
-    for index in range(8):
-        path = make_image(source / f"img{index:02d}.png", value=index * 13, size=(16, 12))
-        expected[path.name] = 255 - np.asarray(Image.open(path))
+    expected = inverted_images(source, 8, step=13)
     task = InvertTask(seconds_per_image=0.05, kill_at="img03.png", kill_marker=str(tmp_path / "killed"), batch_size=2)
     engine = EngineOptions("ray", workers=2)
     report = execute(task, plan_jobs([str(source)], str(output)), engine=engine, quiet=True)
@@ -157,10 +163,7 @@ def test_an_actor_killed_mid_run_loses_nothing_and_a_rerun_finishes(ray_address,
 
 def test_a_killed_driver_resumes_when_run_again(ray_address, tmp_path):
     source, output = tmp_path / "in", tmp_path / "out"
-    expected = {}
-    for index in range(16):
-        path = make_image(source / f"img{index:02d}.png", value=index * 7, size=(16, 12))
-        expected[path.name] = 255 - np.asarray(Image.open(path))
+    expected = inverted_images(source, 16, step=7)
     command = [sys.executable, str(DRIVER), str(source), str(output), "--ray", ray_address]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     kill_when_written(process, output, "img*.png", 4, timeout=120)
