@@ -101,7 +101,7 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
 def _interrupted(exc: KeyboardInterrupt) -> int:
     """Every command's Ctrl-C ends with one line; a command that knows what was done says so."""
     detail = _one_line(exc) if exc.args else ""
-    console.print(f"interrupted: {printable(detail)}" if detail else "interrupted", soft_wrap=True)
+    console.print(f"interrupted: {printable(detail)}" if detail else "interrupted", soft_wrap=True, markup=False)
     return 130
 
 

@@ -63,7 +63,7 @@ def pull(names: Names, offline: Offline = False, weights_dir: WeightsDir = None,
         paths = fetch_model(entry, offline=offline, weights_dir=weights_dir, quiet=quiet)
         for role, path in paths.items():
             note = "" if entry.files[role].sha256 else " (no sha256 known: not verified)"
-            console.print(f"{entry.name} {role}: {path}{note}", soft_wrap=True)
+            console.print(f"{entry.name} {role}: {path}{note}", soft_wrap=True, markup=False)
 
 
 @models_app.command()
@@ -107,7 +107,7 @@ def verify(
             table.add_row(entry.name, role, status, str(path or ""))
     _stdout().print(table)
     for mismatch in mismatches:
-        console.print(f"mismatch: {mismatch}", soft_wrap=True)
+        console.print(f"mismatch: {mismatch}", soft_wrap=True, markup=False)
     if mismatches:
         against = f"the lock file {lock}" if lock is not None else "the manifest"
         fail(f"{len(mismatches)} file(s) did not match the sha256 of {against} (deleted from the cache where "
@@ -145,7 +145,7 @@ def lock_models(
     write_lock(target, records)
     if not quiet:
         count = sum(len(files) for files in records.values())
-        console.print(f"locked {count} file(s) of {len(records)} model(s) in {target}", soft_wrap=True)
+        console.print(f"locked {count} file(s) of {len(records)} model(s) in {target}", soft_wrap=True, markup=False)
 
 
 @models_app.command("path")
