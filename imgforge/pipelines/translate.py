@@ -28,7 +28,7 @@ from PIL import Image
 from .. import hub, manifest, runtime
 from ..batch import Job, plan_jobs
 from ..engine import BatchReport, EngineOptions, engine_options, execute
-from ..checkpoint import load_state_dict
+from ..checkpoint import building, load_state_dict
 from ..errors import ImgforgeError, InputError
 from ..imageio import Picture, read_image, write_image
 from ..nets import registry
@@ -68,7 +68,9 @@ def load_networks(model: str | None = None, checkpoint: str | os.PathLike | None
     path, entry = _weights_file(model, checkpoint, offline=offline, weights_dir=weights_dir, quiet=quiet)
     requested = dict(entry.config) if entry is not None else {}
     requested.update(options)
-    net, family = registry.load(load_state_dict(path), entry.arch if entry is not None else "pix2pix", **requested)
+    state = load_state_dict(path)
+    with building(state, path):
+        net, family = registry.load(state, entry.arch if entry is not None else "pix2pix", **requested)
     return [registry.Network("generator", net, family, source=path, settings={"mode": mode})]
 
 
