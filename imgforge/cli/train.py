@@ -53,7 +53,9 @@ def settings_fields(*, seed, batch_size, resume, save_every, log_every, loader_w
 
 
 def report(result, *, json: bool, quiet: bool) -> None:
-    """The end of a run: one line on stderr, the summary object on stdout with --json."""
+    """The end of a run: one line on stderr, the summary object on stdout with --json (rank 0 only)."""
+    if not result.main_process:
+        return
     if json:
         print(json_module.dumps({"summary": {"run_dir": str(result.run_dir), "step": result.step,
                                              "epoch": result.epoch, "losses": result.losses}}), flush=True)

@@ -190,6 +190,7 @@ class TrainResult:
     epoch: int | None
     losses: dict[str, float]
     interrupted: bool = False
+    main_process: bool = True  # false in the other processes of a distributed run, which report nothing
 
 
 def run_process(method_class: type, options: Any, settings: TrainSettings) -> TrainResult:
@@ -266,7 +267,8 @@ class _Loop:
         if not self.plan.epoch_based and self.settings.sample_every is None and not interrupted:
             self._preview_and_evaluate(log, None)
         epoch = self.plan.epoch_of(self.step - 1) if self.plan.epoch_based and self.step else None
-        result = TrainResult(self.run_dir, self.step, self.plan.total_steps, epoch, losses, interrupted)
+        result = TrainResult(self.run_dir, self.step, self.plan.total_steps, epoch, losses, interrupted,
+                             self.processes.is_main)
         if interrupted:
             where = f"epoch {epoch}, " if epoch is not None else ""
             raise KeyboardInterrupt(f"saved the run at step {self.step} of {self.plan.total_steps} ({where}"
