@@ -12,6 +12,12 @@ class RunWideError(ImgforgeError):
     reporting it once per file."""
 
 
+class UsageError(RunWideError):
+    """Options that cannot work together or values no option takes, found before anything is fetched or read."""
+
+    exit_code = 2
+
+
 class InputError(ImgforgeError):
     """An input image (or other input file) cannot be read or is not acceptable."""
 

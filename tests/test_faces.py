@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data
 
@@ -21,6 +20,7 @@ from imgforge.faces import align
 from imgforge.faces.detect import DlibDetector, YuNetDetector
 from imgforge.pipelines import restore as pipeline
 from imgforge.pipelines.faces import FaceEnhancer, fetch_face_file
+from imgforge.plan import RunPlan
 from imgforge import manifest
 from test_restore import YUNET_MODEL, checkpoints, manifest_tables, official_sources, weights_dir, ZIPPED  # noqa: F401
 
@@ -170,13 +170,14 @@ def test_weights_dir_may_be_the_official_repository_or_its_checkpoint_folder(tmp
     for folder in (tmp_path / "repo", tmp_path / "repo" / "Face_Enhancement" / "checkpoints",
                    tmp_path / "repo" / "Global" / "checkpoints"):
         folder.mkdir(parents=True, exist_ok=True)
-        assert fetch_face_file(entry, "generator", folder, True, True) == checkpoint
+        plan = RunPlan.resolve(weights_dir=folder, offline=True, quiet=True)
+        assert fetch_face_file(entry, "generator", plan) == checkpoint
 
 
 def test_face_stage_runs_the_generator_through_onnx_too(weights_dir):
     photo = data.astronaut()[::2, ::2]
-    stages = {backend: FaceEnhancer(device=torch.device("cpu"), backend=backend, weights_dir=weights_dir, quiet=True)
-              for backend in ("torch", "onnx")}
+    stages = {backend: FaceEnhancer(plan=RunPlan.resolve(device="cpu", backend=backend, weights_dir=weights_dir,
+                                                         quiet=True)) for backend in ("torch", "onnx")}
     (torch_image, torch_faces), (onnx_image, onnx_faces) = (stage(photo) for stage in stages.values())
     assert len(torch_faces) == len(onnx_faces) == 1
     assert np.abs(torch_faces[0].enhanced.astype(int) - onnx_faces[0].enhanced).max() <= 1

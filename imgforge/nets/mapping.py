@@ -19,8 +19,9 @@ from torch import nn
 
 from ..errors import ModelError
 from .nonlocal_attention import DEFAULT_CHUNK_BYTES, ChunkCallback, PartialNonLocalBlock, PatchAttention
+from .oldphoto_blocks import ResnetBlock, load_official_weights, run_sequential
+from .oldphoto_onnx import mapping_graph
 from .registry import Descriptor, Export, Family, check_overrides, parameter_count, register
-from .vae import ResnetBlock, load_official_weights, run_sequential
 
 LATENT_CHANNELS = 64  # the official mapping networks hard-code it (tmp_nc)
 
@@ -136,8 +137,6 @@ def load_mapping_weights(state_dict: dict, **overrides) -> nn.Module:
 
 
 def describe_mapping(net: nn.Module) -> Descriptor:
-    from .oldphoto_onnx import mapping_graph
-
     state = net.state_dict()
     kind = mapping_kind(state)
     masked = kind != "quality"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .registry import Descriptor, Export, Family, parameter_count, register
+from .registry import Descriptor, Export, Family, RunPolicy, parameter_count, register
 
 NETGS = ("unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
 NORMS = ("batch", "instance", "none")
@@ -435,13 +435,15 @@ def describe_generator(net: Generator, mode: str = "official") -> Descriptor:
     )
 
 
+# both generators run reduced precisions under autocast: float32 weights, as the translate path always has
+AUTOCAST = RunPolicy(reduced="autocast")
 register(Family(
     "pix2pix_unet", "pix2pix", "translate", "pix2pix U-Net generator (unet_128, unet_256)",
     detect=lambda state: "model.model.0.weight" in state,
-    load=load_generator_weights, describe=describe_generator,
+    load=load_generator_weights, describe=describe_generator, policy=AUTOCAST,
 ))
 register(Family(
     "pix2pix_resnet", "pix2pix", "translate", "CycleGAN/pix2pix ResNet generator (resnet_6blocks, resnet_9blocks)",
     detect=lambda state: "model.1.weight" in state and any(_RESNET_BLOCK.match(k) for k in state),
-    load=load_generator_weights, describe=describe_generator,
+    load=load_generator_weights, describe=describe_generator, policy=AUTOCAST,
 ))
