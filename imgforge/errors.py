@@ -12,8 +12,9 @@ class RunWideError(ImgforgeError):
     reporting it once per file."""
 
 
-class UsageError(RunWideError):
-    """Options that cannot work together or values no option takes, found before anything is fetched or read."""
+class UsageError(ImgforgeError):
+    """Options that cannot work (a value out of range, a setting the chosen engine does not have, options that
+    cannot run together): exit 2, as for the usage errors the command-line parser finds itself."""
 
     exit_code = 2
 
