@@ -30,6 +30,7 @@ KNOWN_KINDS = {
     "face.spade_generator": "face",
     "face.align": "face",
     "face.blend": "face",
+    "train.ddpm_step": "train_ddpm",
 }
 
 
