@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Descriptor, Export, Family, RunPolicy, check_overrides, parameter_count, register, unwrap
 from .oldphoto_blocks import load_official_weights
+from .registry import (Descriptor, Export, Family, RunPolicy, check_overrides, construct, parameter_count, register,
+                       unwrap)
 
 
 class BlurDownsample(nn.Module):
@@ -160,6 +161,7 @@ register(Family(
     detect=lambda state: "first.1.weight" in unwrap(state, "model_state")
     and "down_path.0.block.1.weight" in unwrap(state, "model_state"),
     load=load_detector_weights, describe=describe_detector,
+    build=lambda config: construct("oldphoto_detector", ScratchUNet, config),
     # its thresholded output decides which pixels get repainted: float32 at any requested precision keeps the
     # mask the fp32 one
     policy=RunPolicy(float32=True),

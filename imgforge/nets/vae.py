@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import ModelError
 from .oldphoto_blocks import ResnetBlock, load_official_weights, run_sequential
 from .oldphoto_onnx import SequentialPart
-from .registry import Descriptor, Export, Family, check_overrides, fit_config, parameter_count, register
+from .registry import Descriptor, Export, Family, check_overrides, construct, fit_config, parameter_count, register
 
 
 class GlobalGeneratorDCDCv2(nn.Module):
@@ -151,4 +151,5 @@ register(Family(
     "oldphoto_vae", "oldphoto", "restore", "old-photo VAE (GlobalGenerator_DCDCv2: encoder and decoder)",
     detect=lambda state: "encoder.1.weight" in state and any(key.startswith("decoder.") for key in state),
     load=load_vae_weights, describe=describe_vae,
+    build=lambda config: construct("oldphoto_vae", GlobalGeneratorDCDCv2, config),
 ))
