@@ -18,7 +18,6 @@ computation runs as a sequence of stages over one in-memory `Work` item (docs/re
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from ..errors import ImgforgeError, InputError, RunWideError
 from ..imageio import Picture
 from ..nets import registry
 from ..nets.mapping import mapping_kind
+from ..plan import RunPlan
 from ..progress import console, report_within_item
 from ..storage import location
 from .faces import FaceCrop, FaceEnhancer
@@ -155,50 +155,51 @@ class Settings:
 # part of it the restoration runs (None: the whole network).
 ROLES = {"detector": ("oldphoto_detector", "detector", None), "vae_a": ("oldphoto_vae", "vae", ("encoder",)),
          "mapping": ("oldphoto_mapping", "mapping", None), "vae_b": ("oldphoto_vae", "vae", ("decoder",))}
+METHODS = {"vae_a": "encode", "vae_b": "decode"}  # the VAE method each role's torch runner calls
+
+
+def restore_model(name: str) -> manifest.ModelEntry:
+    """A zoo restore model's entry, its files checked against ROLES (nothing is fetched)."""
+    entry = manifest.get_model(name)
+    if entry.task != "restore":
+        raise ImgforgeError(f"model '{entry.name}' is a {entry.task} model, not a restore model")
+    unknown = sorted(set(entry.files) - set(ROLES))
+    if unknown or not {"vae_a", "mapping", "vae_b"} <= set(entry.files):
+        raise ImgforgeError(f"model '{entry.name}': a restore model has the files "
+                            f"{', '.join(ROLES)} (detector optional), not {', '.join(entry.files)}")
+    return entry
+
+
+def check_plan(plan: RunPlan, settings: Settings, model: str | None = None) -> None:
+    """UsageError, before anything is fetched, when a network of this restoration cannot run in `plan`."""
+    families = [] if settings.faces_only else [ROLES[role][0] for role in restore_model(
+        model or MODELS[settings.kind]).files]
+    plan.check_networks(registry.get_family(name) for name in [*families, *["face_spade"] * settings.faces])
 
 
 class Restorer:
     """The networks of one restoration model, loaded once through the registry, and the stages that use them.
     `model` (a zoo name) defaults to the official model of `settings.kind`; given, the settings' kind follows
-    the model's networks (its mapping's kind, a detector or not)."""
+    the model's networks (its mapping's kind, a detector or not). `plan`: device, precision, backend, weights
+    folders (imgforge.plan)."""
 
-    def __init__(self, settings: Settings, *, model: str | None = None, device: str = "auto",
-                 precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                 weights_dir: hub.WeightsDirs = None, quiet: bool = False):
-        runtime.check_backend(backend)
-        self.device = runtime.select_device(device)
-        self.dtype = runtime.select_dtype(precision, self.device)
-        self.faces = None
-        if settings.faces_only:
-            self.settings = settings
-            self.faces = _face_enhancer(settings, self.device, self.dtype, backend, offline, weights_dir, quiet)
-            self.entry = self.faces.entry
-            return
-        self.entry = manifest.get_model(model or MODELS[settings.kind])
-        if self.entry.task != "restore":
-            raise ImgforgeError(f"model '{self.entry.name}' is a {self.entry.task} model, not a restore model")
-        paths = _fetch(self.entry, offline, weights_dir, quiet)
-        unknown = sorted(set(paths) - set(ROLES))
-        if unknown or not {"vae_a", "mapping", "vae_b"} <= set(paths):
-            raise ImgforgeError(f"model '{self.entry.name}': a restore model has the files "
-                                f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
-        self.networks = [self._load(role, path) for role, path in paths.items()]
-        place = (functools.partial(runtime.place, device=self.device, dtype=self.dtype) if backend == "torch"
-                 else lambda module: module)  # ONNX Runtime runs the graphs; the modules stay for export
-        nets = {network.role: place(network.module) for network in self.networks}
-        self.vae_a, self.mapping, self.vae_b = (nets[role] for role in ("vae_a", "mapping", "vae_b"))
-        self.detector = nets.get("detector")
-        kind = mapping_kind(self.mapping.state_dict())
-        if model is not None:
-            settings = replace(settings, scratches=kind != "quality", hr=kind == "hr")
-        if kind != settings.kind or (self.detector is None) == settings.scratches:
-            raise ImgforgeError(f"model '{self.entry.name}' has a {kind} mapping"
-                                f"{'' if self.detector else ' and no detector'}; it cannot restore {settings.kind}")
+    def __init__(self, settings: Settings, plan: RunPlan, *, model: str | None = None):
+        self.plan = plan
+        self.device = plan.torch_device()
+        self.dtype = plan.dtype(self.device)
+        self.entry: manifest.ModelEntry | None = None
+        self.networks: list[registry.Network] = []
+        self.run_network: dict[str, Callable] = {}
+        self.faces: FaceEnhancer | None = None
+        if not settings.faces_only:
+            self.entry = restore_model(model or MODELS[settings.kind])
+            self.networks = [self._load(role, path) for role, path in _fetch(self.entry, plan).items()]
+            settings = self._fitted(settings, given_model=model is not None)
+            self.run_network = {network.role: self._runner(network) for network in self.networks}
         self.settings = settings
         if settings.faces:
-            self.faces = _face_enhancer(settings, self.device, self.dtype, backend, offline, weights_dir, quiet)
-        self.backend = backend
-        self.run_network = self._torch_calls() if backend == "torch" else self._onnx_calls()
+            self.faces = FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, plan=plan)
+            self.entry = self.entry or self.faces.entry
 
     def _load(self, role: str, path: Path) -> registry.Network:
         family, config_key, parts = ROLES[role]
@@ -208,33 +209,34 @@ class Restorer:
                                 f"{family}")
         return registry.Network(role, net, found, source=path, parts=parts)
 
-    def _torch_calls(self) -> dict[str, Callable]:
-        """Each network called on inputs cast to the precision it was placed in (runtime.place)."""
-        def cast(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-            return x.to(runtime.dtype_of(net))
+    def _fitted(self, settings: Settings, given_model: bool) -> Settings:
+        """The settings the loaded networks can restore: a model given by name decides the kind."""
+        modules = {network.role: network.module for network in self.networks}
+        kind = mapping_kind(modules["mapping"].state_dict())
+        has_detector = "detector" in modules
+        if given_model:
+            settings = replace(settings, scratches=kind != "quality", hr=kind == "hr")
+        if kind != settings.kind or has_detector != settings.scratches:
+            raise ImgforgeError(f"model '{self.entry.name}' has a {kind} mapping"
+                                f"{'' if has_detector else ' and no detector'}; it cannot restore {settings.kind}")
+        return settings
 
-        return {"detector": lambda x: self.detector(cast(self.detector, x)),
-                "vae_a": lambda x: self.vae_a.encode(cast(self.vae_a, x)),
-                "mapping": lambda latent, *mask, **chunks: self.mapping(cast(self.mapping, latent), *mask, **chunks),
-                "vae_b": lambda z: self.vae_b.decode(cast(self.vae_b, z))}
-
-    def _onnx_calls(self) -> dict[str, Callable]:
-        """One ONNX Runtime graph per network part (exported on first use, cached by weights)."""
-        calls = {}
-        for network in self.networks:
-            exports = network.exports()
-            if not exports:
-                raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
-                                   f"{network.role} has no ONNX graph yet; use --backend torch")
-            calls[network.role] = runtime.make_runner(network.module, backend="onnx", device=self.device,
-                                                      dtype=self.dtype, export=exports[0])
-        return calls
+    def _runner(self, network: registry.Network) -> Callable:
+        """One network's runner: torch (channels-last copies in the precision its family's policy gives) or
+        its ONNX graph (exported on first use, cached by weights)."""
+        exports = network.exports()
+        if self.plan.backend == "onnx" and not exports:
+            raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
+                               f"{network.role} has no ONNX graph yet; use --backend torch")
+        return runtime.make_runner(network.module, device=self.device, backend=self.plan.backend, dtype=self.dtype,
+                                   memory_format=torch.channels_last, export=exports[0] if exports else None,
+                                   policy=network.family.policy, method=METHODS.get(network.role))
 
     @property
     def provider(self) -> str:
-        """Where the global networks run: onnxruntime's provider in use, or torch's device."""
-        runner = getattr(self, "run_network", {}).get("vae_a")
-        return getattr(runner, "provider", f"torch:{self.device}")
+        """Where the networks run: onnxruntime's provider in use, or torch's device."""
+        runner = self.run_network.get("vae_a") or (self.faces.generator if self.faces else None)
+        return runner.provider
 
     def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
         face_stage = [self.enhance_faces] if self.faces else []
@@ -304,7 +306,7 @@ class Restorer:
                 mapped = self.run_network["mapping"](latent)
             else:
                 mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
-                chunks = {"on_chunk": work.progress.chunk_done} if work.progress and self.backend == "torch" else {}
+                chunks = {"on_chunk": work.progress.chunk_done} if work.progress and self.plan.backend == "torch" else {}
                 mapped = self.run_network["mapping"](latent, mask, **chunks)
             _begin(work, "decoding")
             generated = self.run_network["vae_b"](mapped).float()
@@ -317,9 +319,12 @@ class Restorer:
 
 def load_model(name: str, **options) -> Restorer:
     """A restore model of the zoo by name (its global networks; the face stage's models are zoo entries of their
-    own), its kind (quality, scratch, HR) read from its networks; options go to Restorer (device=, precision=,
-    backend=, offline=, weights_dir=, quiet=)."""
-    return Restorer(Settings(faces=False), model=name, **options)
+    own), its kind (quality, scratch, HR) read from its networks; options make its RunPlan (device=,
+    precision=, backend=, offline=, weights_dir=, quiet=)."""
+    settings = Settings(faces=False)
+    plan = RunPlan.resolve(**options)
+    check_plan(plan, settings, name)
+    return Restorer(settings, plan, model=name)
 
 
 def load_networks(name: str, **options) -> list[registry.Network]:
@@ -330,26 +335,28 @@ def load_networks(name: str, **options) -> list[registry.Network]:
 def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
                   stretch: bool = True, faces: bool = True, faces_only: bool = False, face_detector: str = "yunet",
-                  device: str = "auto", precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                  weights_dir: hub.WeightsDirs = None, quiet: bool = True) -> RestoreResult:
+                  device: str = "auto", precision: str = "fp32", backend: str = "torch", threads: int | None = None,
+                  offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
+                  quiet: bool = True) -> RestoreResult:
     """Restore one image in memory: a Picture or an array (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]).
     `mask`: a Picture or array of the image's size, scratches white/True. `faces`: enhance the faces after the
     global stage (`faces_only`: instead of it). Loads the networks on each call; restore() loads them once
     for many files."""
     settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
     settings.check(has_mask=mask is not None)
+    plan = RunPlan.resolve(device=device, precision=precision, backend=backend, threads=threads, offline=offline,
+                           weights_dir=weights_dir, quiet=quiet)
+    check_plan(plan, settings)
     picture = picture_or_array if isinstance(picture_or_array, Picture) else _picture_from_array(picture_or_array)
-    restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
-                        weights_dir=weights_dir, quiet=quiet)
-    return restorer.run(picture, None if mask is None else mask_array(mask))
+    return Restorer(settings, plan).run(picture, None if mask is None else mask_array(mask))
 
 
 def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None, *,
             scratches: bool = True, mode: str = "full", hr: bool = False, mask: str | os.PathLike | None = None,
             mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, faces: bool = True,
             faces_only: bool = False, face_detector: str = "yunet", save_faces: bool = False, device: str = "auto",
-            backend: str = "torch",
-            precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
+            backend: str = "torch", precision: str = "fp32", recursive: bool = False,
+            suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
             weights_dir: hub.WeightsDirs = None, batch_size: int = 1,
             engine: EngineOptions | str | None = None, threads: int | None = None) -> BatchReport:
@@ -366,6 +373,9 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     settings.check(has_mask=mask is not None, save_mask=save_mask)
     if batch_size < 1:
         raise ImgforgeError("--batch-size must be at least 1")
+    plan = RunPlan.resolve(device=device, precision=precision, backend=backend, threads=threads, offline=offline,
+                           weights_dir=weights_dir, quiet=quiet)
+    check_plan(plan, settings)
     engine = engine_options(engine)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
     given_masks = _mask_files(location(mask)) if mask is not None else []
@@ -375,11 +385,8 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     if mask is not None:
         find_mask = _mask_finder(location(mask), len(jobs))
         jobs = [replace(job, options=_mask_option(find_mask, job.source)) for job in jobs]
-    task = RestoreTask(settings, device=device, precision=precision, offline=offline,
-                       weights_dir=weights_dir, quiet=quiet,
-                       save_mask=save_mask, save_faces=save_faces, backend=backend,
-                       batch_size=batch_size)
-    return execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet,
+    task = RestoreTask(settings, plan, save_mask=save_mask, save_faces=save_faces, batch_size=batch_size)
+    return execute(task, jobs, engine=engine, threads=plan.threads, skip_existing=skip_existing, quiet=quiet,
                    json_lines=json)
 
 
@@ -388,22 +395,15 @@ class RestoreTask:
     """restore's options for imgforge.engine; setup() loads the networks, once per worker."""
 
     settings: Settings
-    device: str
-    precision: str
-    offline: bool | None
-    weights_dir: hub.WeightsDirs
-    quiet: bool
-    save_mask: bool
-    save_faces: bool
-    backend: str = "torch"
+    plan: RunPlan
+    save_mask: bool = False
+    save_faces: bool = False
     batch_size: int = 1
     label: str = "restoring"
 
     def setup(self) -> RestoreWorker:
-        restorer = Restorer(self.settings, device=self.device, precision=self.precision, backend=self.backend,
-                            offline=self.offline, weights_dir=self.weights_dir, quiet=self.quiet)
-        if self.backend == "onnx" and not self.quiet:
-            console.print(f"running on {restorer.provider}", markup=False, highlight=False)
+        restorer = Restorer(self.settings, self.plan)
+        runtime.announce(self.plan, restorer.device, restorer.provider)
         return RestoreWorker(self, restorer)
 
 
@@ -466,18 +466,10 @@ def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: hub.WeightsDirs,
-           quiet: bool) -> dict[str, Path]:
-    if not quiet:
+def _fetch(entry: manifest.ModelEntry, plan: RunPlan) -> dict[str, Path]:
+    if not plan.quiet:
         console.print(f"loading {entry.name}", markup=False, highlight=False)
-    return hub.fetch_model(entry, offline=offline, weights_dir=weights_dir, quiet=quiet)
-
-
-def _face_enhancer(settings: Settings, device: torch.device, dtype: torch.dtype, backend: str, offline: bool | None,
-                   weights_dir: hub.WeightsDirs, quiet: bool) -> FaceEnhancer:
-    """The face stage: 512 px faces (FaceSR_512, the _HR scripts) with --hr, else 256 px."""
-    return FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, device=device,
-                        dtype=dtype, backend=backend, offline=offline, weights_dir=weights_dir, quiet=quiet)
+    return hub.fetch_model(entry, offline=plan.offline, weights_dir=plan.weights_dir, quiet=plan.quiet)
 
 
 def _mask_files(mask: Path) -> list[Path]:
