@@ -177,7 +177,7 @@ def test_the_plan_is_checked_against_each_family_policy():
     from imgforge.nets.registry import Family
     from imgforge.plan import RunPlan
 
-    torch_only = Family("t", "t", "translate", "test network", lambda s: False, None, None,
+    torch_only = Family("t", "t", "translate", "test network", lambda s: False, None, None, None,
                         RunPolicy(backends=("torch",), precisions=("fp32",)))
     RunPlan.resolve().check_networks([torch_only])
     with pytest.raises(UsageError, match="--backend onnx: the test network has no onnx form"):
