@@ -355,6 +355,7 @@ class _Loop:
         self.method.write_outputs(self.run_dir, epoch=epoch, step=self.step, final=final)
         state = {
             "step": self.step,
+            "total_steps": self.plan.total_steps,
             "epoch": epoch,
             "modules": {k: cpu_state(m.state_dict()) for k, m in self.method.modules().items()},
             "optimizers": {k: cpu_state(o.state_dict()) for k, o in self.method.optimizers().items()},
