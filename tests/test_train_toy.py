@@ -44,6 +44,7 @@ def translate_l1(run_dir, data_dir, out_dir) -> tuple[float, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 200 steps of a 128² U-Net: minutes on a busy 2-core machine
 def test_toy_task_is_learnt_as_well_as_the_official_loop_learns_it(tmp_path):
     data = toy_pairs(tmp_path / "data")
     train_pix2pix(data, tmp_path / "run", **TOY_OPTIONS)
