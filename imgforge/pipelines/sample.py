@@ -145,11 +145,12 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
            eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
            output: str | Path | None = None, grid: str | Path | None = None, skip_existing: bool = False,
            quiet: bool = False, json: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
-           engine: EngineOptions | str | None = None) -> SampleReport:
+           engine: EngineOptions | str | None = None, threads: int | None = None) -> SampleReport:
     """Draw `num` images. With `output` (a folder or s3:// URL), image i is written as sample_{i:05d}.png as
     soon as its batch is done (an interrupted run leaves only complete files, and skip_existing resumes it);
     `grid` writes one tiled picture of all of them. Without either, the images are returned. Each image is a
-    job of imgforge.engine with its own seed (seed + i); `engine`: local (default) or ray."""
+    job of imgforge.engine with its own seed (seed + i); `engine`: local (default) or ray, `threads`: torch's
+    threads per worker."""
     if num < 1:
         raise ImgforgeError(f"-n/--num must be at least 1, not {num}")
     if sampler not in SAMPLERS:
@@ -160,13 +161,13 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     engine = engine_options(engine)
     folder = location(output) if output is not None else None
     grid_path = location(grid) if grid is not None else None
-    if folder is None and engine.engine == "ray":
-        raise ImgforgeError("--engine ray writes the samples where the workers run: give -o (a folder or s3:// URL)")
     files = [folder / FILE_PATTERN.format(i) for i in range(num)] if folder is not None else [None] * num
     claim_outputs([*((path, f"sample {i}") for i, path in enumerate(files) if path is not None),
                    *([(grid_path, "the grid")] if grid_path is not None else [])])
     if isinstance(grid_path, Path):
         output_exists(grid_path)  # a folder in the way fails now, not after the run
+    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
+    engine.check_jobs(jobs)
     # the files now, so that a missing model fails before any worker starts; the grid needs the image size
     _, (config_path, _, _) = _model_files(model, offline, weights_dir, quiet)
     config = _read_json(config_path)
@@ -176,9 +177,9 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     task = SampleTask(model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing, device=device,
                       precision=precision, backend=backend, offline=offline, weights_dir=weights_dir,
                       batch_size=batch_size, quiet=quiet, keep=keep)
-    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
     report = SampleReport(grid=grid_path)
-    execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json, report=report)
+    execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet, json_lines=json,
+            report=report)
     done = sorted((record["index"], record["output"]) for record in report.records if record["status"] == "done")
     if folder is not None:
         report.written = [location(path) for _, path in done]

@@ -222,11 +222,11 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
               device: str = "auto", precision: str = "fp32", backend: str = "torch", recursive: bool = False,
               suffix: str = "", output_format: str | None = None, skip_existing: bool = False, quiet: bool = False,
               json: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
-              engine: EngineOptions | str | None = None) -> BatchReport:
+              engine: EngineOptions | str | None = None, threads: int | None = None) -> BatchReport:
     """Translate images, folders or globs (local or s3://) with a zoo model or a user's checkpoint; each output
     is written at its input's size (next to it with the suffix `_translated`, or under `output`). Files that
-    fail are reported and skipped; the report lists them. `engine`: local (default) or ray, see
-    imgforge.engine."""
+    fail are reported and skipped; the report lists them. `engine`: local (default) or ray, and `threads`:
+    torch's intra-op threads in every worker, see imgforge.engine."""
     if mode not in MODES:
         raise ImgforgeError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     if direction is not None and direction not in DIRECTIONS:
@@ -247,7 +247,8 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
         seeded=seed is not None, direction=direction, aligned=aligned, compare=compare, batch_size=batch_size,
     )
     jobs = [replace(job, seed=seed) for job in jobs]  # in each record when the user chose it
-    return execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json)
+    return execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet,
+                   json_lines=json)
 
 
 @dataclass(frozen=True)
