@@ -3,6 +3,7 @@ run killed with SIGKILL resumes from its last save to the weights of an uninterr
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 
 from helpers import kill_when_written
 from imgforge.checkpoint import load_state_dict
+from imgforge.cli import main
 from imgforge.train.api import train_pix2pix
 from imgforge.train.state import load_training_state
 from train_helpers import aligned_dataset
@@ -58,16 +60,21 @@ def test_torchrun_two_processes_train_as_one(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_ray_train_two_workers_train_as_one(tmp_path, reference):
+def test_ray_train_two_workers_train_as_one(tmp_path, reference, capsys):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.train.torch")
     data, one = reference
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
-        result = train_pix2pix(data, tmp_path / "two", **OPTIONS, engine="ray", workers=2)
+        code = main(["train", "pix2pix", str(data), "-o", str(tmp_path / "two"), *FLAGS, "--engine", "ray",
+                     "--workers", "2", "--json"])
     finally:
         ray.shutdown()
-    assert result.step == result.total_steps == 4 and set(result.losses) == {"G_GAN", "G_L1", "D_real", "D_fake"}
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["step"] for line in lines if "losses" in line] == [1, 2, 3, 4]  # the workers' log, on the driver
+    assert lines[-1]["summary"]["step"] == 4 and set(lines[-1]["summary"]["losses"]) == {"G_GAN", "G_L1", "D_real",
+                                                                                          "D_fake"}
     assert_same_weights(one, tmp_path / "two")
 
 

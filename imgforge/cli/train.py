@@ -45,11 +45,12 @@ Workers = Annotated[int, typer.Option("--workers", metavar="N", min=1, help="Ray
 
 
 def settings_fields(*, seed, batch_size, resume, save_every, log_every, loader_workers, json, quiet, device,
-                    precision, engine, workers, gpus_per_worker, ray_address) -> dict:
+                    precision, engine, workers, gpus_per_worker, ray_address, threads) -> dict:
     """The TrainSettings fields of the shared options, as keyword arguments of imgforge.train.api."""
     return dict(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every, log_every=log_every,
                 loader_workers=loader_workers, json=json, quiet=quiet, device=device, precision=precision,
-                engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address)
+                engine=engine, workers=workers, gpus_per_worker=gpus_per_worker or 0.0, ray_address=ray_address,
+                threads=threads)
 
 
 def report(result, *, json: bool, quiet: bool) -> None:
@@ -130,6 +131,7 @@ def pix2pix(
     workers: Workers = 1,
     gpus_per_worker: options.GpusPerWorker = 0.0,
     ray_address: options.RayAddress = None,
+    threads: options.Threads = None,
 ) -> None:
     """pix2pix on DATAROOT/train (A|B side by side), or DATAROOT/A + DATAROOT/B paired by file name."""
     from ..train.api import train_pix2pix
@@ -142,7 +144,7 @@ def pix2pix(
         **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
                           log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
                           precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
-                          ray_address=ray_address),
+                          ray_address=ray_address, threads=threads),
     )
     report(result, json=json, quiet=quiet)
 
@@ -191,6 +193,7 @@ def cyclegan(
     workers: Workers = 1,
     gpus_per_worker: options.GpusPerWorker = 0.0,
     ray_address: options.RayAddress = None,
+    threads: options.Threads = None,
 ) -> None:
     """CycleGAN on DATAROOT/trainA and DATAROOT/trainB (unpaired)."""
     from ..train.api import train_cyclegan
@@ -204,6 +207,6 @@ def cyclegan(
         **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
                           log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
                           precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
-                          ray_address=ray_address),
+                          ray_address=ray_address, threads=threads),
     )
     report(result, json=json, quiet=quiet)
