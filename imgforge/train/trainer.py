@@ -235,7 +235,7 @@ class _Loop:
     def run(self) -> TrainResult:
         if self.settings.resume:
             self._resume()
-        elif self.processes.is_main:
+        else:
             self._start_folder()
         log = RunLog(self.run_dir, total=self.plan.total_steps, steps_per_epoch=self.plan.steps_per_epoch,
                      epoch_based=self.plan.epoch_based, enabled=self.processes.is_main, json_lines=self.settings.json,
@@ -312,9 +312,12 @@ class _Loop:
                 "settings": settings, "processes": self.processes.world}
 
     def _start_folder(self) -> None:
+        """Every process checks (so that all stop together); rank 0 writes."""
         if state_path(self.run_dir).exists():
             raise ImgforgeError(f"{self.run_dir} already holds a training run: continue it with --resume, or "
                                 "choose another output folder")
+        if not self.processes.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "log.jsonl").unlink(missing_ok=True)
         text = json.dumps(self._options_record(), indent=1) + "\n"
