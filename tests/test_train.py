@@ -11,6 +11,7 @@ import torch
 from imgforge.checkpoint import load_state_dict
 from imgforge.cli import main
 from imgforge.errors import ImgforgeError
+from imgforge.imageio import read_image
 from imgforge.nets.pix2pix import GeneratorOptions, build_generator
 from imgforge.train import trainer
 from imgforge.train.api import train_cyclegan, train_pix2pix
@@ -64,6 +65,8 @@ def test_pix2pix_run_folder_is_the_official_layout(tmp_path):
     fresh = build_generator(GeneratorOptions("resnet_6blocks", "batch", 4, True)).state_dict()
     saved = load_state_dict(run / "latest_net_G.pth")
     assert {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in fresh.items()}
+    grid = read_image(run / "samples" / "epoch_001.png").pixels  # 2 rows of input | output | target, 4 px apart
+    assert grid.shape == (2 * 32 + 4, 3 * 32 + 2 * 4, 3)
     options = json.loads((run / "options.json").read_text())
     assert options["method"] == "pix2pix" and options["options"]["lambda_l1"] == 100.0
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

@@ -60,16 +60,11 @@ def test_torchrun_two_processes_train_as_one(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_ray_train_two_workers_train_as_one(tmp_path, reference, capsys):
-    ray = pytest.importorskip("ray")
+def test_ray_train_two_workers_train_as_one(tmp_path, reference, capsys, ray_address):
     pytest.importorskip("ray.train.torch")
     data, one = reference
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    try:
-        code = main(["train", "pix2pix", str(data), "-o", str(tmp_path / "two"), *FLAGS, "--engine", "ray",
-                     "--workers", "2", "--json"])
-    finally:
-        ray.shutdown()
+    code = main(["train", "pix2pix", str(data), "-o", str(tmp_path / "two"), *FLAGS, "--engine", "ray",
+                 "--workers", "2", "--json"])
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["step"] for line in lines if "losses" in line] == [1, 2, 3, 4]  # the workers' log, on the driver
