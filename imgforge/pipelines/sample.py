@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -22,7 +22,7 @@ from ..batch import Job, claim_outputs, output_exists
 from ..checkpoint import load_state_dict
 from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..errors import ImgforgeError, ModelError, OutputError
-from ..imageio import read_image, write_image
+from ..imageio import read_image, write_bytes_atomically, write_image
 from ..nets import registry
 from ..nets.ddpm_unet import DDPMUNet, describe_unet
 from ..progress import console
@@ -76,7 +76,52 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
 def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Network]:
     """The U-Net as a registry Network (role "unet"), for export and workers."""
     loaded = load_model(model, **options)
-    return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source)]
+    return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source,
+                             settings={"schedule": loaded.schedule})]
+
+
+def deploy_recipe(network: registry.Network) -> dict:
+    """What the U-Net's sidecar tells a deployer (onnxruntime and numpy, no imgforge) to do to reproduce
+    `imgforge sample` (the ddpm sampler): the trained schedule as a float32 table and the update, as data. The
+    schedule comes from the model (or scheduler_config.json beside a weights file, or in ../scheduler/); None
+    when there is none."""
+    schedule = network.settings.get("schedule") or _schedule_beside(network.source)
+    if schedule is None:
+        return {}
+    config = network.module.config
+    return {
+        "pipeline": "imgforge sample --sampler ddpm --steps S (DDPM ancestral sampling, Ho et al. 2020)",
+        "image": {"channels": config.in_channels, "height": config.sample_size, "width": config.sample_size},
+        "schedule": {"num_train_timesteps": schedule.num_train_timesteps,
+                     "alphas_cumprod": [float(a) for a in schedule.alphas_cumprod.tolist()],
+                     "alphas_cumprod_dtype": "float32 (read each value as numpy.float32)",
+                     "variance_type": schedule.variance_type, "clip_sample": schedule.clip_sample,
+                     "clip_sample_range": schedule.clip_range},
+        "timesteps": "leading spacing: t_k = (S - 1 - k) * (num_train_timesteps // S) for k = 0 .. S-1; the step "
+                     "after the last goes to t_prev = -1, whose alpha_bar is 1",
+        "unet_call": "eps = graph(sample=x (N x C x H x W float32), timestep=float32 array of N copies of t)",
+        "step": ["all in float32, a = alpha_bar: a_t = a[t]; a_p = a[t_prev] (1 at -1); alpha = a_t / a_p; "
+                 "beta = 1 - alpha",
+                 "x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5, clipped to [-range, range] if clip_sample",
+                 "x = (a_p ** 0.5 * beta) / (1 - a_t) * x0 + alpha ** 0.5 * (1 - a_p) / (1 - a_t) * x",
+                 "if t > 0: x += variance ** 0.5 * z, z ~ N(0, I) of x's shape; variance = max((1 - a_p) / "
+                 "(1 - a_t) * beta, 1e-20) for fixed_small, beta for fixed_large"],
+        "noise": "x_T ~ N(0, I), then one z per step with t > 0, per image; imgforge draws image i's from "
+                 "torch.Generator().manual_seed(seed + i) with torch.randn (x_T first), which numpy cannot "
+                 "replay: another generator gives other, equally valid samples",
+        "to_uint8": "round(clip(x / 2 + 0.5, 0, 1) * 255) in float32 (round half to even), then H x W x C",
+    }
+
+
+def _schedule_beside(weights: Path | None) -> NoiseSchedule | None:
+    """The noise schedule of a diffusers weights file: scheduler_config.json beside it, or in ../scheduler/."""
+    if weights is None:
+        return None
+    for candidate in (weights.with_name("scheduler_config.json"),
+                      weights.parent.parent / "scheduler" / "scheduler_config.json"):
+        if candidate.is_file():
+            return NoiseSchedule.from_config(_read_json(candidate), where=str(candidate))
+    return None
 
 
 def _model_files(model: str, offline: bool | None, weights_dir: hub.WeightsDirs,
@@ -372,6 +417,39 @@ def _folder_files(folder: Path) -> tuple[Path, Path, Path]:
             "or unet/ and scheduler/ sub-folders)"
         )
     return config, scheduler, weights
+
+
+# The Hub layout of google/ddpm-cifar10-32, which both _folder_files and diffusers' DDPMPipeline read.
+MODEL_INDEX = {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
+               "unet": ["diffusers", "UNet2DModel"]}
+
+
+def save_model(folder: str | Path, unet: DDPMUNet, scheduler_config: dict,
+               state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a diffusers DDPM folder that load_model and DDPMPipeline.from_pretrained read: config.json (the
+    U-Net's config), diffusion_pytorch_model.safetensors (`state`, by default the U-Net's own weights, under
+    the current diffusers key names, which are the module's), scheduler_config.json and model_index.json.
+    Each file is written atomically; the weights first, so a reader never pairs new configs with old weights
+    of another shape."""
+    from safetensors.torch import save as safetensors_bytes
+
+    folder = Path(folder)
+    state = unet.state_dict() if state is None else state
+    tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in state.items()}
+    config = {"_class_name": "UNet2DModel", **asdict(unet.config)}
+    files = {
+        WEIGHT_FILES[0]: safetensors_bytes(tensors, metadata={"format": "pt"}),
+        "config.json": _json_bytes(config),
+        "scheduler_config.json": _json_bytes(scheduler_config),
+        "model_index.json": _json_bytes(MODEL_INDEX),
+    }
+    for name, data in files.items():
+        write_bytes_atomically(folder / name, data)
+    return folder
+
+
+def _json_bytes(value: dict) -> bytes:
+    return (json.dumps(value, indent=2) + "\n").encode("utf-8")
 
 
 def _image_shape(sample_size: int | Sequence[int] | None, in_channels: int) -> tuple[int, int, int]:
