@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from safetensors.torch import load_file
+
 from imgforge.nets import registry
 from imgforge.nets.patchgan import DiscriminatorOptions, PatchDiscriminator
 from imgforge.nets.pix2pix import GeneratorOptions, MaskedDropout
@@ -97,3 +99,25 @@ def test_image_pool_returns_its_input_until_full_then_mixes():
     restored.load_state_dict(pool.state_dict(), torch.device("cpu"))
     probe = torch.full((1, 1, 1, 1), 99.0)
     assert torch.equal(pool.query(probe), restored.query(probe))
+
+
+@pytest.mark.parametrize("fixture", ["train_pix2pix_unet256_batchnorm", "train_cyclegan_resnet9_instancenorm"])
+def test_a_seed_draws_the_initial_weights_the_official_code_draws(fixture):
+    # the fixtures' initial weights: torch.manual_seed(seed), then each network built and init_weights'd in turn
+    folder = KEYS.parent / fixture
+    config = json.loads((folder / "config.json").read_text())
+    io = load_file(str(folder / "io.safetensors"))
+    torch.manual_seed(config["seed"])
+    if "generator" in config:
+        g, d = config["generator"], config["discriminator"]
+        nets = {"G": new_generator(GeneratorOptions(g["netG"], g["norm"], g["ngf"], False)),
+                "D": new_discriminator(DiscriminatorOptions(d["input_nc"], d["ndf"], d["n_layers"], d["norm"]))}
+    else:
+        g, d = config["generators"], config["discriminators"]
+        generator = GeneratorOptions("resnet_9blocks", g["norm"], g["ngf"], False)
+        discriminator = DiscriminatorOptions(d["input_nc"], d["ndf"], d["n_layers"], d["norm"])
+        nets = {"G_A": new_generator(generator), "G_B": new_generator(generator),
+                "D_A": new_discriminator(discriminator), "D_B": new_discriminator(discriminator)}
+    for name, net in nets.items():
+        for key, value in net.state_dict().items():
+            assert torch.equal(value, io[f"initial.{name}.{key}"]), f"{name}.{key}"
