@@ -422,6 +422,14 @@ def load_unet_weights(state: dict[str, torch.Tensor], config: dict | None = None
     return load_unet(base, state, where="the U-Net weights")
 
 
+def build_unet(config: dict) -> DDPMUNet:
+    """A fresh U-Net from a diffusers config.json dict (or the Descriptor's hyperparameters), PyTorch's
+    default initialisation as diffusers' UNet2DModel has it."""
+    if not isinstance(config, dict):
+        raise ModelError(f"a ddpm_unet config must be a dict (a config.json), not {type(config).__name__}")
+    return DDPMUNet(UNetConfig.from_dict(config, where="the U-Net config"))
+
+
 def describe_unet(net: DDPMUNet) -> Descriptor:
     config = net.config
     multiple = 2 ** (len(config.block_out_channels) - 1)
@@ -448,5 +456,5 @@ def describe_unet(net: DDPMUNet) -> Descriptor:
 register(Family(
     "ddpm_unet", "ddpm_unet", "sample", "DDPM noise-prediction U-Net (diffusers UNet2DModel)",
     detect=lambda state: "conv_in.weight" in state and "time_embedding.linear_1.weight" in state,
-    load=load_unet_weights, describe=describe_unet,
+    load=load_unet_weights, describe=describe_unet, build=build_unet,
 ))
