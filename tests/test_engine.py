@@ -213,7 +213,8 @@ def test_engine_choice_errors(photos, tmp_path, capsys, monkeypatch):
     assert main(args + ["--engine", "ray"]) == 1
     assert "--engine ray needs Ray: pip install 'imgforge[ray]'" in capsys.readouterr().err
     assert main(["sample", "--grid", str(tmp_path / "g.png"), "--engine", "ray"]) == 2
-    assert "--engine ray writes results where its workers run: give -o" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("error: --engine ray runs its workers in other processes: without -o the "
+                                       "samples stay in memory; give -o (a folder or s3:// URL)\n")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
