@@ -43,6 +43,7 @@ class DiffusionModel:
     unet: DDPMUNet
     schedule: NoiseSchedule
     source: Path | None = None  # the weights file
+    scheduler_config: dict = field(default_factory=dict)  # as read, for a fine-tuned copy's folder
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -68,9 +69,10 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
     name, (config_path, scheduler_path, weights_path) = _model_files(model, offline, weights_dir, quiet)
     unet_config = _read_json(config_path)
     _check_sample_size(unet_config.get("sample_size"), config_path)
-    schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
+    scheduler_config = _read_json(scheduler_path)
+    schedule = NoiseSchedule.from_config(scheduler_config, where=str(scheduler_path))
     unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
-    return DiffusionModel(name, unet, schedule, weights_path)
+    return DiffusionModel(name, unet, schedule, weights_path, scheduler_config)
 
 
 def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Network]:
