@@ -233,3 +233,38 @@ def test_bad_inputs_are_one_line_errors(torch_home, image_sets, tmp_path, capsys
     captured = capsys.readouterr()
     assert code == 3 and json.loads(captured.out)["images"] == [6, 3]
     assert "zz_broken.png" in captured.err
+
+
+@pytest.mark.slow
+def test_ray_statistics_equal_local(ray_address, torch_home, image_sets, tmp_path, capsys):
+    """Features computed by two Ray workers are summed on the driver: the same statistics as one process."""
+    real, fake = image_sets
+    local, distributed = tmp_path / "local.npz", tmp_path / "ray.npz"
+    common = [str(real), str(fake), "--dims", "64", "-q", "--weights-dir", str(torch_home), "--batch-size", "3"]
+    assert main(["eval", "fid-stats", *common, "-o", str(local)]) == 0
+    assert main(["eval", "fid-stats", *common, "-o", str(distributed), "--engine", "ray", "--workers", "2",
+                 "--ray-address", ray_address]) == 0
+    with np.load(local) as a, np.load(distributed) as b:
+        assert int(a["count"]) == int(b["count"]) == 11
+        assert np.allclose(a["mu"], b["mu"], rtol=1e-12) and np.allclose(a["sigma"], b["sigma"], rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_gives_the_cpus_fid(torch_home, image_sets):
+    real, fake = image_sets
+    on_cpu = set_metrics.fid(real, fake, dims=768, device="cpu", quiet=True, weights_dir=torch_home)
+    on_gpu = set_metrics.fid(real, fake, dims=768, device="cuda", quiet=True, weights_dir=torch_home)
+    assert abs(on_gpu.value - on_cpu.value) <= 1e-4 * on_cpu.value
+
+
+def test_fid_of_images_in_memory_equals_the_files(torch_home, image_sets, tmp_path):
+    """What a training run calls with its samples: the same FID as the files."""
+    from PIL import Image
+
+    real, fake = image_sets
+    reference = set_metrics.fid_stats(real, tmp_path / "real.npz", dims=64, quiet=True, weights_dir=torch_home)
+    from_files = set_metrics.fid(tmp_path / "real.npz", fake, dims=64, quiet=True, weights_dir=torch_home).value
+    images = np.stack([np.array(Image.open(path)) for path in sorted(fake.iterdir())])
+    in_memory = set_metrics.fid_of_images([images[:2], images[2:]], tmp_path / "real.npz", weights_dir=torch_home,
+                                          batch_size=2)
+    assert in_memory == pytest.approx(from_files, rel=1e-9) and reference.count == 6

@@ -128,3 +128,16 @@ def test_pairs_table(tmp_path, capsys):
                  "-q"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["prediction", "psnr", "ssim"] and lines[-1].startswith("mean")
+
+
+def test_compare_in_memory_equals_pairs(tmp_path):
+    from imgforge.eval.pairwise import compare
+
+    rng = np.random.default_rng(8)
+    references = [_image(rng) for _ in range(3)]
+    predictions = [_degraded(rng, image, 12.0) for image in references]
+    for index, (prediction, reference) in enumerate(zip(predictions, references)):
+        _write(tmp_path / "pred", f"{index}.png", prediction)
+        _write(tmp_path / "ref", f"{index}.png", reference)
+    from_files = pairs(tmp_path / "pred", tmp_path / "ref", metrics=["psnr", "ssim", "l1"], quiet=True).mean
+    assert compare(predictions, references) == pytest.approx(from_files, rel=1e-12)

@@ -95,6 +95,29 @@ def compute_features(net: FIDInception, images: torch.Tensor, *, logits: bool = 
             torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+class InceptionFeatures:
+    """The network loaded once, for images held in memory (a training run's samples): `statistics(batches)`."""
+
+    def __init__(self, options: FeatureOptions = FeatureOptions()):
+        self.options = options
+        self.device = runtime.select_device(options.device)
+        self.net = load_inception(options.dims, offline=options.offline, weights_dir=options.weights_dir,
+                                  quiet=options.quiet).to(self.device)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """N x dims float32 features of N x H x W x C uint8 (or uint16) images."""
+        batch = torch.stack([to_model_input(image, self.options.clean) for image in images]).to(self.device)
+        return compute_features(self.net, batch)[0].float().cpu().numpy()
+
+    def statistics(self, batches) -> FeatureStatistics:
+        """The statistics of an iterable of image batches (each N x H x W x C), computed batch by batch."""
+        statistics = FeatureStatistics.empty(self.options.dims)
+        for images in batches:
+            for start in range(0, len(images), self.options.batch_size):
+                statistics.add(self.features(images[start:start + self.options.batch_size]))
+        return statistics
+
+
 def encode(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
 

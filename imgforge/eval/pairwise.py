@@ -178,6 +178,32 @@ class PairWorker:
         return {"reference": job.options["reference"], **result}
 
 
+def compare(predictions: Sequence[np.ndarray], references: Sequence[np.ndarray], *,
+            metrics: Sequence[str] = ("psnr", "ssim", "l1"), device: str = "auto", offline: bool | None = None,
+            weights_dir=None) -> dict[str, float]:
+    """The mean of each metric over in-memory pairs of H x W x 3 uint8 images (a training run's validation
+    outputs); PSNR over its finite values."""
+    chosen = _chosen(metrics)
+    task = PairTask(chosen, device, offline=offline, quiet=True,
+                    weights_dir=None if weights_dir is None else tuple(str(f) for f in hub.weights_folders(weights_dir)))
+    worker = task.setup()
+    rows = [row for pair in zip(predictions, references) for row in worker.compute([pair])]
+    return {name: _mean([row[name] for row in rows]) for name in chosen}
+
+
+def _chosen(metrics: Sequence[str]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
+    unknown = [m for m in chosen if m not in METRICS]
+    if unknown or not chosen:
+        raise InputError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; use {', '.join(METRICS)}")
+    return chosen
+
+
+def _mean(values: list[float]) -> float:
+    finite = [value for value in values if math.isfinite(value)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def _rgb8(path) -> np.ndarray:
     return np.asarray(read_image(path).to_pil("RGB"))
 
@@ -198,10 +224,7 @@ def pairs(predictions: str | Sequence[str], references: str | Sequence[str], *,
     """Compare each prediction with its reference. Rows hold `prediction`, `reference` and one field per
     metric; `mean` the mean of each metric over the rows (PSNR over the finite values: identical pairs have
     an infinite PSNR)."""
-    chosen = tuple(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
-    unknown = [m for m in chosen if m not in METRICS]
-    if unknown or not chosen:
-        raise InputError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; use {', '.join(METRICS)}")
+    chosen = _chosen(metrics)
     paired = pair_up(as_list(predictions), as_list(references), by_order=by_order, recursive=recursive)
     jobs = [Job(prediction, None, options={} if reference is None else {"reference": _portable(reference)})
             for prediction, reference in paired]
@@ -213,11 +236,7 @@ def pairs(predictions: str | Sequence[str], references: str | Sequence[str], *,
     for record in sorted((r for r in report.records if r["status"] == "done"), key=lambda r: r["input"]):
         rows.append({"prediction": record["input"], "reference": given.get(record["input"], record["reference"]),
                      **{name: record[name] for name in chosen}})
-    mean = {}
-    for name in chosen:
-        values = [row[name] for row in rows if math.isfinite(row[name])]
-        mean[name] = float(np.mean(values)) if values else math.nan
-    return PairsResult(rows, mean, report.failed)
+    return PairsResult(rows, {name: _mean([row[name] for row in rows]) for name in chosen}, report.failed)
 
 
 def _portable(path) -> str:

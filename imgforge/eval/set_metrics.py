@@ -16,7 +16,7 @@ import numpy as np
 
 from ..engine import EngineOptions
 from ..errors import InputError, OutputError
-from .features import FeatureOptions, as_list, FeatureSink, extract, image_jobs
+from .features import FeatureOptions, FeatureSink, InceptionFeatures, as_list, extract, image_jobs
 from .statistics import (FeatureStatistics, GaussianStatistics, frechet_distance, inception_score,
                          kernel_inception_distance)
 
@@ -161,6 +161,22 @@ def fid_stats(inputs: Inputs, output: str | Path, *, dims: int = 2048, clean: bo
     result.statistics.save(output)
     partial.unlink(missing_ok=True)
     return result
+
+
+def fid_of_images(batches, reference: str | Path | GaussianStatistics, *, extractor: InceptionFeatures | None = None,
+                  **options) -> float:
+    """The FID of images held in memory (an iterable of N x H x W x C uint8 batches, e.g. a training run's
+    samples) against reference statistics (a .npz or GaussianStatistics). Pass an `extractor` to keep the
+    network loaded between calls; `options` are FeatureOptions fields otherwise."""
+    if not isinstance(reference, GaussianStatistics):
+        reference = GaussianStatistics.load(reference)
+    if extractor is None:
+        options.setdefault("dims", reference.mu.shape[0])
+        extractor = InceptionFeatures(FeatureOptions(**options))
+    statistics = extractor.statistics(batches)
+    if statistics.count < 2:
+        raise InputError(f"the FID of {statistics.count} image(s) is not defined; it needs at least 2")
+    return frechet_distance(GaussianStatistics.of(statistics), reference)
 
 
 def _folders(weights_dir) -> tuple[str, ...] | None:
