@@ -30,8 +30,8 @@ from imgforge.engine import EngineOptions
 from imgforge.nets.pix2pix import GeneratorOptions, build_generator
 from imgforge.pipelines.translate import translate
 
-ENGINES = {"local": EngineOptions("local"), "ray x1": EngineOptions("ray", workers=1),
-           "ray x2": EngineOptions("ray", workers=2)}
+ENGINES = {"local": EngineOptions("local"), "ray x1": EngineOptions("ray", {"workers": 1}),
+           "ray x2": EngineOptions("ray", {"workers": 2})}
 
 
 def make_weights(path: Path, ngf: int) -> Path:

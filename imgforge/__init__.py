@@ -7,6 +7,7 @@ The public API, imported lazily so that `import imgforge` (and `imgforge --help`
     sample(model, num=..., steps=..., ...)      -> SampleReport   imgforge.pipelines.sample (a BatchReport)
     translate_image(image, ...), restore_image(picture_or_array, ...)   in-memory, one image
     load_model(name, ...)                       the loaded network(s) of a model in the zoo
+    train_pix2pix(dataroot, run_dir, ...), train_cyclegan(...)  -> TrainResult    imgforge.train.api
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ _API = {
     "sample": "sample",
 }
 
-__all__ = ["__version__", "load_model", *_API]
+_TRAIN_API = ("train_pix2pix", "train_cyclegan")
+
+__all__ = ["__version__", "load_model", *_API, *_TRAIN_API]
 
 
 def __getattr__(name: str):
     if name in _API:
         return getattr(import_module(f".pipelines.{_API[name]}", __name__), name)
+    if name in _TRAIN_API:
+        return getattr(import_module(".train.api", __name__), name)
     raise AttributeError(f"module 'imgforge' has no attribute {name!r}")
 
 

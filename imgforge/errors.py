@@ -12,6 +12,13 @@ class RunWideError(ImgforgeError):
     reporting it once per file."""
 
 
+class UsageError(ImgforgeError):
+    """Options that cannot work (a value out of range, a setting the chosen engine does not have): exit 2, as
+    for the usage errors the command-line parser finds itself."""
+
+    exit_code = 2
+
+
 class InputError(ImgforgeError):
     """An input image (or other input file) cannot be read or is not acceptable."""
 

@@ -173,6 +173,7 @@ def load_checkpoint_network(path: Path) -> Network:
 def _sidecar(network: Network, export: Export, precision: str, digest: str | None, differences: list[float],
              source: object) -> dict:
     facts = network.describe()
+    recipe = getattr(import_module(f".pipelines.{network.family.task}", __package__), "deploy_recipe", None)
 
     def tensors(names):
         return [{"name": name, "dtype": "float32", "dynamic_axes": export.dynamic_axes.get(name, {}),
@@ -186,6 +187,7 @@ def _sidecar(network: Network, export: Export, precision: str, digest: str | Non
         "inputs": tensors(export.input_names), "outputs": tensors(export.output_names),
         "size_rule": {"multiple": export.size_multiple, "min_side": export.min_side},
         "test_time": facts.test_time, "hyperparameters": facts.hyperparameters,
+        "deploy": recipe(network) if recipe is not None else {},
         "check": {"sizes": check_sizes(export), "max_abs_diff_vs_torch": differences,
                   "tolerance": TOLERANCE[precision]},
     }

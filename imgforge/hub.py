@@ -3,8 +3,9 @@
 Lookup order for each file (docs/models.md says the same):
   1. the weights folders (`weights_dir` / --weights-dir, repeatable, else $IMGFORGE_WEIGHTS_DIR, an os.pathsep
      list), each whatever its name: the trailing components of the file's path (Hub path or zip member), longest
-     first, under the folder and then under each of its sub-folders (the bare file name only if no other file of
-     the manifest shares it), then `<dir>/<model name>/<file name>`;
+     first, under the folder and then under the official repository's folders below it (OFFICIAL_FOLDERS; the
+     bare file name only if no other file of the manifest shares it), then `<dir>/<model name>/<file name>`.
+     Nothing above a folder given, and no other folder beside or below it, is looked in;
   2. Hub files: `hf_hub_download` into the standard Hugging Face cache (a pinned, cached file costs no request);
      URL files: `<HF hub cache>/imgforge-urls/<sha256(url)[:16]>/<file name>`, zip members extracted beside the
      archive under `members/<member path>`;
@@ -49,6 +50,10 @@ _CHUNK = 1 << 20
 _MANIFEST = "the manifest"
 
 WeightsDirs = Path | str | Sequence[Path | str] | None  # one weights folder or several, in lookup order
+# where the official Bringing-Old-Photos-Back-to-Life repository keeps checkpoints, relative to a weights folder
+# that is the repository (Global/checkpoints/restoration/...; the face zip unpacks in Face_Enhancement/) or
+# its Global/ folder (checkpoints/restoration/...)
+OFFICIAL_FOLDERS = ("checkpoints", "Global", "Global/checkpoints", "Face_Enhancement")
 
 
 def fetch_model(
@@ -197,13 +202,13 @@ def weights_folders(weights_dir: WeightsDirs = None) -> list[Path]:
 
 def _in_weights_dir(entry: ModelEntry, source: FileSource, weights_dir: WeightsDirs) -> Path | None:
     """The file in a weights folder, whatever the folder is called: an official folder renamed or moved, the
-    folder above it, or a flat folder of the files themselves."""
+    official repository or its Global/ folder, or a flat folder of the files themselves."""
     parts = PurePosixPath(source.path).parts
     # down to the bare name only when no other file of the manifest shares it (e.g. latest_net_G.pth)
     shortest = 1 if _shared_basenames().count(parts[-1]) <= 1 else 2
     tails = [Path(*parts[start:]) for start in range(len(parts) - shortest + 1)] or [Path(*parts)]
     for folder in weights_folders(weights_dir):
-        roots = [folder, *_sub_folders(folder)]
+        roots = [folder, *(folder / below for below in OFFICIAL_FOLDERS)]
         for candidate in [root / tail for tail in tails for root in roots] + [folder / entry.name / parts[-1]]:
             if candidate.is_file():
                 return candidate
@@ -213,13 +218,6 @@ def _in_weights_dir(entry: ModelEntry, source: FileSource, weights_dir: WeightsD
 def _shared_basenames() -> list[str]:
     """The file name of every file of every model in the manifest (a name listed twice is ambiguous)."""
     return [source.basename for entry in load_manifest().values() for source in entry.files.values()]
-
-
-def _sub_folders(folder: Path) -> list[Path]:
-    try:
-        return sorted(path for path in folder.iterdir() if path.is_dir())
-    except OSError:
-        return []
 
 
 def _snapshot_commit(path: Path) -> str | None:
@@ -414,8 +412,10 @@ def _verified_record(path: Path) -> Path:
 
 
 def _stamp(path: Path, sha256: str) -> str:
+    """What a checked file looked like: a byte changed in place and the mtime set back (touch -r) still moves
+    the ctime, and a file swapped in by rename has another inode."""
     stat = path.stat()
-    return f"{stat.st_size} {stat.st_mtime_ns} {sha256}"
+    return f"{stat.st_ino} {stat.st_size} {stat.st_mtime_ns} {stat.st_ctime_ns} {sha256}"
 
 
 def _read(path: Path) -> str | None:

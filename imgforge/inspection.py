@@ -7,11 +7,10 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import Callable
 
 from . import manifest
-from .checkpoint import load_state_dict
+from .checkpoint import building, load_state_dict, tensors
 from .errors import ModelError
 from .hub import sha256_of
 from .nets import registry
@@ -44,10 +43,12 @@ class Inspection:
         return json.loads(json.dumps(record, default=str))
 
 
-def inspect_weights(path: str | Path) -> list[Inspection]:
+def inspect_weights(path: str | Path, skipped: Callable[[Path, str], None] | None = None) -> list[Inspection]:
     """One Inspection per weights file: `path` itself, or every weights file in a folder (a diffusers folder's
     config.json is authoritative for its U-Net). ModelError if a file (or every file of a folder) is not a
-    network imgforge knows; the message lists the families it does know."""
+    network imgforge knows; the message lists the families it does know. In a folder, a file that is not
+    (optimiser states, discriminators, a damaged file) is passed to `skipped` with the reason, and the
+    others are still inspected."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
@@ -57,12 +58,13 @@ def inspect_weights(path: str | Path) -> list[Inspection]:
         for file in files:
             try:
                 found.append(_inspect_file(file))
-            except ModelError:
-                continue  # optimiser states, discriminators and the like: not a network imgforge runs
+            except ModelError as exc:
+                if skipped is not None:
+                    skipped(file, str(exc))
         if not found:
             raise ModelError(f"no file in {path} is a network imgforge knows ({', '.join(registry.families())})")
         return found
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise ModelError(f"no such file or folder: {path}")
     return [_inspect_file(path)]
 
@@ -79,10 +81,11 @@ def _inspect_file(path: Path) -> Inspection:
     family = registry.detect(state)
     if family.name != "ddpm_unet":
         options = {}
-    net = family.load(state, **options)
+    with building(state, path):
+        net = family.load(state, **options)
     facts = family.describe(net)
     digest = sha256_of(path)
-    dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in _tensors(state) if t.is_floating_point())
+    dtypes = Counter(str(t.dtype).removeprefix("torch.") for _, t in tensors(state, path) if t.is_floating_point())
     found = Inspection(
         path=path, family=family.name, arch=family.arch, task=family.task, summary=family.summary,
         hyperparameters=facts.hyperparameters, parameters=facts.parameters,
@@ -104,10 +107,3 @@ def _same_layout(config: dict, hyperparameters: dict) -> bool:
     return all(hyperparameters.get(key) == value for key, value in config.items()
                if not isinstance(value, dict) and key in hyperparameters and key != "dropout")
 
-
-def _tensors(state: dict):
-    for value in state.values():
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif isinstance(value, dict):
-            yield from _tensors(value)

@@ -9,7 +9,8 @@ visible whole or not at all: the atomic-write rule needs no temp object.
 
 The endpoint and credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_REGION / AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for S3-compatible servers such as
-MinIO or Ceph; pyarrow does not read the endpoint variables itself).
+MinIO or Ceph; pyarrow does not read the endpoint variables itself). A server that cannot be reached or that
+refuses the credentials fails the run (StorageError, a RunWideError) with one line naming the endpoint.
 """
 
 from __future__ import annotations
@@ -18,12 +19,21 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
+from contextlib import contextmanager
 from typing import Iterator, Union
 
-from .errors import InputError
+from .errors import InputError, RunWideError
 
 SCHEME = "s3://"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+CONNECT_TIMEOUT_S = 5.0
+_UNREACHABLE = re.compile(r"NETWORK_CONNECTION|curlCode|Could not resolve host|Couldn't connect")
+_REFUSED = re.compile(r"ACCESS_DENIED|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|HTTP status 403|"
+                      r"credentials", re.IGNORECASE)
+
+
+class StorageError(RunWideError):
+    """Object storage cannot be used at all (endpoint unreachable, credentials refused, bucket missing)."""
 
 
 def location(spec: str | os.PathLike) -> Union[Path, "ObjectPath"]:
@@ -32,7 +42,13 @@ def location(spec: str | os.PathLike) -> Union[Path, "ObjectPath"]:
         return spec
     text = os.fspath(spec)
     if text.startswith(SCHEME):
-        return ObjectPath(text[len(SCHEME):])
+        key = text[len(SCHEME):]
+        if not key.split("/")[0]:
+            raise InputError(f"{text} names no bucket: use s3://bucket/key")
+        if any(part in (".", "..") for part in key.split("/")):
+            raise InputError(f"{text}: '.' and '..' are not allowed in s3:// URLs (object keys are not folders "
+                             "that can be walked up)")
+        return ObjectPath(key)
     if _URL.match(text) and not Path(text).exists():
         raise InputError(f"unsupported URL {text}: use a local path or s3://bucket/key")
     return Path(text)
@@ -60,13 +76,60 @@ def existing(targets: list) -> set[str]:
     return found & {str(target) for target in targets}
 
 
+def check_buckets(targets: list) -> None:
+    """StorageError unless the bucket of every ObjectPath in `targets` exists (one request per bucket), so that
+    a run writing to a missing bucket stops before its first image."""
+    import pyarrow.fs
+
+    for bucket in sorted({target.parts[0] for target in targets if isinstance(target, ObjectPath)}):
+        with _translated(SCHEME + bucket):
+            kind = _filesystem().get_file_info(bucket).type
+        if kind == pyarrow.fs.FileType.NotFound:
+            raise StorageError(f"the bucket {bucket} does not exist at {endpoint()}; create it first")
+
+
+def endpoint() -> str:
+    """The S3 endpoint in use, as a user would recognise it."""
+    url = _endpoint_url()
+    if url:
+        return url
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return f"AWS S3 ({region})" if region else "AWS S3"
+
+
+def _endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 @lru_cache(maxsize=1)
 def _filesystem():
     import pyarrow.fs
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
-    return pyarrow.fs.S3FileSystem(endpoint_override=endpoint, region=region)
+    return pyarrow.fs.S3FileSystem(endpoint_override=_endpoint_url(), region=region,
+                                   connect_timeout=CONNECT_TIMEOUT_S)
+
+
+@contextmanager
+def _translated(url: str) -> Iterator[None]:
+    """pyarrow's OSError for a server that cannot be reached or refuses us, as a StorageError naming the
+    endpoint and what to check; other errors (a missing key) are left to the caller."""
+    try:
+        yield
+    except OSError as exc:
+        text = " ".join(str(exc).split())
+        if _UNREACHABLE.search(text):
+            detail = text.rpartition("Details: ")[2] if "Details: " in text else text
+            raise StorageError(f"cannot reach the S3 endpoint {endpoint()} (for {url}): {detail}; check "
+                               "AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 and that the server is up") from None
+        if _REFUSED.search(text):
+            if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"):
+                what = "the credentials given (AWS_ACCESS_KEY_ID / AWS_PROFILE) were refused"
+            else:
+                what = ("no credentials are set: give AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                        "AWS_PROFILE)")
+            raise StorageError(f"the S3 endpoint {endpoint()} denied access to {url}: {what}") from None
+        raise
 
 
 class ObjectPath(PurePosixPath):
@@ -83,7 +146,8 @@ class ObjectPath(PurePosixPath):
         return "/".join(self.parts)
 
     def _info(self):
-        return _filesystem().get_file_info(self.key)
+        with _translated(str(self)):
+            return _filesystem().get_file_info(self.key)
 
     def is_file(self) -> bool:
         import pyarrow.fs
@@ -108,7 +172,9 @@ class ObjectPath(PurePosixPath):
         import pyarrow.fs
 
         selector = pyarrow.fs.FileSelector(self.key, recursive=recursive, allow_not_found=True)
-        for info in _filesystem().get_file_info(selector):
+        with _translated(str(self)):
+            found = _filesystem().get_file_info(selector)
+        for info in found:
             child = ObjectPath(info.path)
             child._listed_as_file = info.type == pyarrow.fs.FileType.File
             yield child
@@ -123,9 +189,9 @@ class ObjectPath(PurePosixPath):
 
         if self._info().type == pyarrow.fs.FileType.NotFound:
             raise FileNotFoundError(str(self))
-        with _filesystem().open_input_stream(self.key) as stream:
+        with _translated(str(self)), _filesystem().open_input_stream(self.key) as stream:
             return stream.read()
 
     def write_bytes(self, data: bytes) -> None:
-        with _filesystem().open_output_stream(self.key) as stream:
+        with _translated(str(self)), _filesystem().open_output_stream(self.key) as stream:
             stream.write(data)

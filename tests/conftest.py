@@ -41,6 +41,7 @@ os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 sys.path.insert(0, str(Path(__file__).parent))  # so that tests can `from hub_server import HubServer`
 
 from hub_server import HubServer  # noqa: E402
+from imgforge.engine import ENGINES  # noqa: E402
 
 
 @pytest.fixture
@@ -72,9 +73,10 @@ def write_manifest(monkeypatch):
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on 127.0.0.1 for the whole session (a real HTTP endpoint, not a mocked client); the AWS
-    variables point imgforge.storage (and any Ray worker started after this) at it. Yields a function that
-    creates a fresh bucket and returns its s3:// URL."""
+    """moto's S3 server on 127.0.0.1, started by the first test that asks for it and stopped at the end of the
+    session (a real HTTP endpoint, not a mocked client); the AWS variables point imgforge.storage (and the Ray
+    workers, which get them from the driver) at it. Yields the server: calling it creates a fresh bucket and
+    returns its s3:// URL; `.endpoint` is its URL."""
     from s3_server import S3Server
 
     server = S3Server()
@@ -83,7 +85,7 @@ def s3_server():
     from imgforge import storage
 
     storage._filesystem.cache_clear()
-    yield server.new_bucket
+    yield server
     server.close()
     for name, value in saved.items():
         if value is None:
@@ -94,10 +96,11 @@ def s3_server():
 
 
 @pytest.fixture(scope="session")
-def ray_address(s3_server):
-    """One local Ray with 2 CPUs for every test that needs it (started once: it takes seconds). Its workers
-    import imgforge and tests/ from this checkout and reach the session's S3 server. Skips where the `ray`
-    extra is not installed."""
+def ray_address():
+    """One local Ray with 2 CPUs on 127.0.0.1, started by the first test that needs it (it takes seconds) and
+    shut down at the end of the session. Its workers import imgforge and tests/ from this checkout; settings
+    a test makes later (an S3 server, a Hub) reach them through the driver's forwarded variables. Skips where
+    the `ray` extra is not installed."""
     ray = pytest.importorskip("ray")
     root = Path(__file__).resolve().parent
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -108,3 +111,15 @@ def ray_address(s3_server):
              _node_ip_address="127.0.0.1")  # all of its traffic stays on loopback
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+# the fixture that starts what an engine runs on, for the engines that need one
+ENGINE_SERVICES = {"ray": "ray_address"}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine_name(request) -> str:
+    """Each registered engine in turn (the contract suite runs on all of them), its service started."""
+    if request.param in ENGINE_SERVICES:
+        request.getfixturevalue(ENGINE_SERVICES[request.param])
+    return request.param

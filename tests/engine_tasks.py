@@ -1,8 +1,9 @@
 """Small tasks for the engine tests (importable by Ray workers: the session's Ray gets tests/ on PYTHONPATH).
 
 CallbackTask wraps plain functions, for the local engine's failure/grouping rules; InvertTask inverts images,
-slowly, and can SIGKILL the worker process that runs a chosen image (once, marked by a file), to test what a
-killed Ray actor leaves behind."""
+slowly, writes the input as it was to a side output when the job has one, and can SIGKILL the worker process
+that runs a chosen image (once, marked by a file), to test what a killed Ray actor leaves behind;
+BrokenSetupTask fails where a worker sets up, as a bug would."""
 
 from __future__ import annotations
 
@@ -66,3 +67,15 @@ class InvertWorker:
 
     def save(self, job, item, inverted) -> None:
         write_image(job.target, inverted, like=item[1])
+        for _, path in job.side_outputs:
+            write_image(path, item[1].pixels, like=item[1])
+
+
+@dataclass(frozen=True)
+class BrokenSetupTask:
+    message: str = "the setup broke"
+    batch_size: int = 1
+    label: str = "breaking"
+
+    def setup(self):
+        raise RuntimeError(self.message)

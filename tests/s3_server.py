@@ -32,6 +32,9 @@ class S3Server:
                     raise RuntimeError("moto's S3 server did not start")
                 time.sleep(0.05)
 
+    def __call__(self) -> str:
+        return self.new_bucket()
+
     def new_bucket(self) -> str:
         name = f"bucket{next(self._names)}"
         request = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")

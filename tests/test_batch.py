@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from imgforge.batch import Job, plan_jobs
@@ -254,7 +255,8 @@ def test_finish_batch_summary_and_exit_code(tmp_path, capsys):
     finish_batch(report, json=True, quiet=False)
     out, err = capsys.readouterr()
     assert "2 done, 0 skipped, 0 failed" in err
-    assert json.loads(out.splitlines()[-1]) == {"summary": {"done": 2, "skipped": 0, "failed": 0}}
+    assert json.loads(out.splitlines()[-1]) == {"summary": {"done": 2, "skipped": 0, "failed": 0, "engine": "local",
+                                                            "threads": torch.get_num_threads()}}
 
     report.failed.append((tmp_path / "c", "broken"))
     with pytest.raises(PartialFailure, match="1 of 3 inputs failed") as error:

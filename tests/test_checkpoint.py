@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import zipfile
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from imgforge.checkpoint import load_state_dict
+from imgforge.checkpoint import MAX_DEPTH, building, load_state_dict, tensors
 from imgforge.errors import ModelError
 
 
@@ -79,3 +83,84 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(ModelError, match="corrupt or truncated"):
         load_state_dict(tmp_path / "empty.pth")
+
+
+# -- hostile files (issue 16, item 13) --------------------------------------------------------------------------
+
+
+def test_shared_children_are_visited_once_and_depth_is_bounded(tmp_path):
+    nested = {"w": torch.zeros(2)}
+    for _ in range(80):  # 2.5 KB on disk, 2^80 paths when walked naively
+        nested = {"a": nested, "b": nested}
+    torch.save(nested, tmp_path / "shared.pth")
+    assert (tmp_path / "shared.pth").stat().st_size < 4096
+    with pytest.raises(ModelError, match=f"deeper than {MAX_DEPTH} levels"):
+        load_state_dict(tmp_path / "shared.pth")
+
+
+def test_shared_children_within_the_depth_bound_are_walked_once():
+    leaf = {"w": torch.zeros(2)}
+    nested = {"a": leaf, "b": leaf}
+    assert [key for key, _ in tensors(nested)] in (["a.w"], ["b.w"])
+
+
+def test_records_declaring_more_bytes_than_the_file_holds_are_refused_before_reading(tmp_path):
+    torch.save({"w": torch.zeros(4)}, tmp_path / "small.pth")
+    source = zipfile.ZipFile(tmp_path / "small.pth")
+    with zipfile.ZipFile(tmp_path / "zeros.pth", "w") as crafted:
+        for info in source.infolist():
+            if info.filename.endswith("data/0"):  # 64 MiB of zeros deflated into ~64 KB
+                crafted.writestr(zipfile.ZipInfo(info.filename), bytes(64 << 20), zipfile.ZIP_DEFLATED)
+            else:
+                crafted.writestr(info, source.read(info))
+    with pytest.raises(ModelError, match=r"declares \d+ bytes of records in a file of \d+ bytes"):
+        load_state_dict(tmp_path / "zeros.pth")
+
+
+def test_an_expanded_tensor_is_refused_with_its_shape(tmp_path):
+    torch.save({"conv.weight": torch.zeros(1, 1, 1, 1).expand(20000, 3, 4, 4)}, tmp_path / "expanded.pth")
+    with pytest.raises(ModelError, match="'conv.weight' of shape 20000×3×4×4 is stored as 1 value"):
+        load_state_dict(tmp_path / "expanded.pth")
+
+
+def test_out_of_memory_while_building_names_the_largest_tensor():
+    state = {"small": torch.zeros(2), "nested": {"big": torch.zeros(20, 3, 4, 4)}}
+    with pytest.raises(ModelError) as error, building(state, "w.pth"):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 51 GB")
+    assert "'nested.big' is 20×3×4×4" in str(error.value) and "--batch-size" not in str(error.value)
+    with pytest.raises(ValueError), building(state, "w.pth"):  # anything else passes through
+        raise ValueError("not about memory")
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)) * 8, b"\x80\x02h\x65", b"PK\x03\x04 broken"])
+def test_random_bytes_are_called_corrupt(tmp_path, data):
+    (tmp_path / "junk.pth").write_bytes(data)
+    with pytest.raises(ModelError) as error:
+        load_state_dict(tmp_path / "junk.pth")
+    assert "corrupt" in str(error.value) and "besides tensors" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_a_device_is_not_a_regular_file(tmp_path, kind):
+    path = tmp_path / "w.pth"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(ModelError, match="not a regular file"):
+        load_state_dict(path)
+
+
+def test_models_inspect_reports_a_junk_file_in_a_folder_and_goes_on(tmp_path, capsys):
+    from imgforge.cli import main
+    from imgforge.nets.pix2pix import GeneratorOptions, build_generator
+
+    torch.save(build_generator(GeneratorOptions(netG="unet_128", ngf=2)).state_dict(), tmp_path / "a_good.pth")
+    (tmp_path / "b_junk.pth").write_bytes(b"\x80\x02h\x65")  # a pickle whose memo lookup fails (KeyError 101)
+    (tmp_path / "c_random.pth").write_bytes(bytes(range(256)))
+    assert main(["models", "inspect", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    (record,) = json.loads(captured.out)
+    assert record["path"].endswith("a_good.pth") and record["family"] == "pix2pix_unet"
+    assert "b_junk.pth (corrupt or truncated?)" in captured.err and "c_random.pth (corrupt" in captured.err
+    assert "internal error" not in captured.err

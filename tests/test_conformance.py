@@ -30,6 +30,8 @@ KNOWN_KINDS = {
     "face.spade_generator": "face",
     "face.align": "face",
     "face.blend": "face",
+    "train.pix2pix_step": "train",
+    "train.cyclegan_step": "train",
 }
 
 

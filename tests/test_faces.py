@@ -17,6 +17,7 @@ from PIL import Image
 from skimage import data
 
 from imgforge.cli import main
+from imgforge.errors import WeightsUnavailable
 from imgforge.faces import align
 from imgforge.faces.detect import DlibDetector, YuNetDetector
 from imgforge.pipelines import restore as pipeline
@@ -167,10 +168,12 @@ def test_weights_dir_may_be_the_official_repository_or_its_checkpoint_folder(tmp
     checkpoint = tmp_path / "repo" / "Face_Enhancement" / "checkpoints" / "FaceSR_512" / "latest_net_G.pth"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"weights")
-    for folder in (tmp_path / "repo", tmp_path / "repo" / "Face_Enhancement" / "checkpoints",
-                   tmp_path / "repo" / "Global" / "checkpoints"):
-        folder.mkdir(parents=True, exist_ok=True)
+    for folder in (tmp_path / "repo", tmp_path / "repo" / "Face_Enhancement" / "checkpoints"):
         assert fetch_face_file(entry, "generator", folder, True, True) == checkpoint
+    # a folder below the repository is not a way up into it (issue 16 item 11: no parents, no siblings)
+    (tmp_path / "repo" / "Global" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(WeightsUnavailable):
+        fetch_face_file(entry, "generator", tmp_path / "repo" / "Global" / "checkpoints", True, True)
 
 
 def test_face_stage_runs_the_generator_through_onnx_too(weights_dir):

@@ -13,6 +13,7 @@ from imgforge import hub, lock
 from imgforge.cli import main
 from imgforge.errors import ChecksumMismatch
 from imgforge.manifest import get_model
+from test_restore import checkpoints, weights_dir  # noqa: F401  (the tiny official-layout folder)
 
 DATA = b"tiny weights " * 50
 CHANGED = b"changed weights " * 40
@@ -181,3 +182,69 @@ def test_several_weights_folders(official, tmp_path, monkeypatch, capfd):
                  "--weights-dir", str(second)]) == 0
     assert capfd.readouterr().out.strip() == str(vae)
     shutil.rmtree(second)
+
+
+# -- the face stage's files (issue 16, item 11) -----------------------------------------------------------------
+
+YUNET = "face_detection_yunet_2023mar.onnx"
+FACE_256 = "Face_Enhancement/checkpoints/Setting_9_epoch_100/latest_net_G.pth"
+
+
+def _tamper(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    before = path.stat()
+    if how == "append":
+        data += b"\0\0"
+    else:
+        data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    if how == "flip, mtime set back":
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize("target, how, lock_option", [
+    (YUNET, "flip", []), (YUNET, "append", ["--lock", "imgforge.lock"]), (YUNET, "flip, mtime set back", []),
+    (FACE_256, "flip", ["--lock", "imgforge.lock"])])
+def test_every_face_stage_file_is_checked_against_the_lock(weights_dir, tmp_path, monkeypatch, capfd, target, how,
+                                                           lock_option):
+    from PIL import Image
+
+    from test_restore import scratched_photo
+
+    monkeypatch.delenv("IMGFORGE_LOCK", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(scratched_photo(64, 64)).save(tmp_path / "a.png")
+    restore = [*lock_option, "restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--faces-only",
+               "--weights-dir", str(weights_dir), "-q"]
+    assert main(["models", "lock", "face-enhance-256", "face-detect-yunet", "--weights-dir", str(weights_dir),
+                 "-q"]) == 0
+    assert main(restore) == 0  # the untouched files pass (and their check is remembered)
+    capfd.readouterr()
+    _tamper(weights_dir / target, how)
+    assert main(restore) == 1
+    err = capfd.readouterr().err.strip()
+    assert f"{weights_dir / target} has sha256" in err and "the lock file imgforge.lock says" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_the_face_stage_looks_only_in_the_folders_given(weights_dir, tmp_path, monkeypatch):
+    from imgforge.errors import WeightsUnavailable
+    from imgforge.pipelines.faces import fetch_face_file
+
+    downloads = tmp_path / "dl"
+    (downloads / "G").mkdir(parents=True)
+    shutil.move(weights_dir, downloads / "G" / "checkpoints")
+    for name in ("yunet", "tamp"):
+        (downloads / name).mkdir()
+        shutil.copy(downloads / "G" / "checkpoints" / YUNET, downloads / name / YUNET)
+    (downloads / "G" / "checkpoints" / YUNET).unlink()
+    (downloads / "tamp" / YUNET).write_bytes(b"not the graph you gave")
+    shutil.move(downloads / "G" / "checkpoints" / "Face_Enhancement", downloads / "Face_Enhancement")
+    given = [downloads / "G" / "checkpoints", downloads / "yunet"]
+    yunet = get_model("face-detect-yunet")
+    assert fetch_face_file(yunet, "model", given, True, True) == downloads / "yunet" / YUNET
+    with pytest.raises(WeightsUnavailable):  # in dl/Face_Enhancement: beside a folder given, not below it
+        fetch_face_file(get_model("face-enhance-256"), "generator", given, True, True)
+    assert fetch_face_file(get_model("face-enhance-256"), "generator", [downloads], True, True) == \
+        downloads / FACE_256

@@ -11,6 +11,7 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from imgforge.cli import main
@@ -71,7 +72,8 @@ def test_folder_with_scratches_writes_same_size_outputs_and_masks(served, photos
     out = tmp_path / "out"
     assert main(["restore", str(photos), "-o", str(out), "--save-mask", "--device", "cpu", "--json"]) == 0
     records = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
-    assert records[-1] == {"summary": {"done": 4, "skipped": 0, "failed": 0}}
+    assert records[-1] == {"summary": {"done": 4, "skipped": 0, "failed": 0, "engine": "local",
+                                       "threads": torch.get_num_threads()}}
     assert {r["model"] for r in records[:-1]} == {"oldphoto-scratch"}
     inputs = sizes_and_modes(photos)
     outputs = sizes_and_modes(out)

@@ -4,7 +4,9 @@ engine. Ray's side is in tests/test_engine.py."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -83,3 +85,93 @@ def test_translate_and_sample_on_the_local_engine(s3_server, tmp_path, capsys):
     names = sorted(path.name for path in location(f"{bucket}/samples").iterdir())
     assert names == ["sample_00000.png", "sample_00001.png", "sample_00002.png"]
     assert read_image(f"{bucket}/grid.png").pixels.shape == (2 + 2 * 10, 2 + 2 * 10, 3)
+
+
+# ---- faults of the storage itself: one line, before the first image ---------------------------------------
+
+
+def test_dot_segments_are_refused_up_front(tmp_path, capsys):
+    for url in ("s3://bkt/../other/", "s3://bkt/a/./b.png", "s3:///key"):
+        with pytest.raises(InputError):
+            location(url)
+    photo = put(str(tmp_path / "a.png"))
+    assert main(["translate", photo, "-o", "s3://bkt/../other/"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: s3://bkt/../other/: '.' and '..' are not allowed in s3:// URLs (object keys are not " \
+                  "folders that can be walked up)\n"
+
+
+def test_a_missing_output_bucket_stops_the_run_before_the_first_image(s3_server, tmp_path, capsys):
+    from test_translate_cli import write_checkpoint
+
+    bucket = s3_server()
+    put(f"{bucket}/in/p0.png")
+    args = ["translate", f"{bucket}/in", "-o", "s3://no-such-bucket/out", "--checkpoint",
+            str(write_checkpoint(tmp_path / "g.pth")), "--json", "-q"]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"error: the bucket no-such-bucket does not exist at {s3_server.endpoint}; create it first\n")
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    """Point imgforge.storage at another endpoint, with or without credentials, for one test."""
+    from imgforge import storage
+
+    def use(url: str, credentials: bool) -> None:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(name, raising=False)
+        if credentials:
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")  # no profile from the home folder
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        storage._filesystem.cache_clear()
+
+    yield use
+    storage._filesystem.cache_clear()
+
+
+def test_an_endpoint_that_does_not_listen_is_named(endpoint, capsys):
+    endpoint("http://127.0.0.1:9", credentials=True)
+    assert main(["translate", "s3://bkt/in/", "-o", "out", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the S3 endpoint http://127.0.0.1:9 (for s3://bkt/in): ")
+    assert err.rstrip().endswith("check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 and that the server is up")
+    assert len(err.splitlines()) == 1
+
+
+class _Denying(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that refuses every request, as one does without credentials."""
+
+    def _deny(self):
+        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = do_POST = _deny
+
+    def log_message(self, *args):
+        pass
+
+
+def test_missing_credentials_are_named_with_the_endpoint(endpoint, capsys):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Denying)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        endpoint(url, credentials=False)
+        assert main(["translate", "s3://bkt/in/a.png", "-o", "out.png", "-q"]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert capsys.readouterr().err == (
+        f"error: the S3 endpoint {url} denied access to s3://bkt/in/a.png: no credentials are set: give "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)\n")

@@ -172,7 +172,7 @@ def test_json_lines_and_default_names(tmp_path, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0] == {"input": str(source), "output": str(tmp_path / "in" / "a_translated.png"), "status": "done",
                         "provider": "torch:cpu"}
-    assert lines[-1] == {"summary": {"done": 1, "skipped": 0, "failed": 0}}
+    assert lines[-1] == {"summary": {"done": 1, "skipped": 0, "failed": 0, "engine": "local", "threads": torch.get_num_threads()}}
 
 
 def test_onnx_backend_reports_the_provider_it_runs_on(tmp_path, capsys, monkeypatch):

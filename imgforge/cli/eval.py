@@ -57,8 +57,8 @@ def fid_command(
     dims: Dims = 2048, clean: Clean = False, batch_size: FeatureBatch = 50, recursive: options.Recursive = False,
     json: Json = False, quiet: options.Quiet = False, device: options.Device = "auto",
     offline: options.Offline = False, weights_dir: options.WeightsDir = None, engine: options.Engine = None,
-    ray_address: options.RayAddress = None, workers: options.Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
+    ray_address: options.RayAddress = None, workers: options.Workers = None,
+    gpus_per_worker: options.GpusPerWorker = None,
 ) -> None:
     """Fréchet Inception Distance between two image sets (pytorch-fid's numbers with the same weights)."""
     from ..eval.set_metrics import fid
@@ -90,8 +90,8 @@ def fid_stats_command(
     = False,
     json: Json = False, quiet: options.Quiet = False, device: options.Device = "auto",
     offline: options.Offline = False, weights_dir: options.WeightsDir = None, engine: options.Engine = None,
-    ray_address: options.RayAddress = None, workers: options.Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
+    ray_address: options.RayAddress = None, workers: options.Workers = None,
+    gpus_per_worker: options.GpusPerWorker = None,
 ) -> None:
     """Write the Inception statistics of an image set, for 'eval fid --stats'. Resumable: run it again after an
     interruption and it continues."""
@@ -120,8 +120,8 @@ def kid_command(
     dims: Dims = 2048, clean: Clean = False, batch_size: FeatureBatch = 50, recursive: options.Recursive = False,
     json: Json = False, quiet: options.Quiet = False, device: options.Device = "auto",
     offline: options.Offline = False, weights_dir: options.WeightsDir = None, engine: options.Engine = None,
-    ray_address: options.RayAddress = None, workers: options.Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
+    ray_address: options.RayAddress = None, workers: options.Workers = None,
+    gpus_per_worker: options.GpusPerWorker = None,
 ) -> None:
     """Kernel Inception Distance (torch-fidelity's defaults: cubic polynomial kernel, 100 subsets of 1000)."""
     from ..eval.set_metrics import kid
@@ -142,8 +142,8 @@ def is_command(
     clean: Clean = False, batch_size: FeatureBatch = 50, recursive: options.Recursive = False,
     json: Json = False, quiet: options.Quiet = False, device: options.Device = "auto",
     offline: options.Offline = False, weights_dir: options.WeightsDir = None, engine: options.Engine = None,
-    ray_address: options.RayAddress = None, workers: options.Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
+    ray_address: options.RayAddress = None, workers: options.Workers = None,
+    gpus_per_worker: options.GpusPerWorker = None,
 ) -> None:
     """Inception Score of an image set (softmax of the 1008 logits, 10 splits)."""
     from ..eval.set_metrics import inception_score_of
@@ -165,8 +165,8 @@ def pairs_command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Pairs per LPIPS call.")] = 8,
     recursive: options.Recursive = False, json: Json = False, quiet: options.Quiet = False,
     device: options.Device = "auto", offline: options.Offline = False, weights_dir: options.WeightsDir = None,
-    engine: options.Engine = None, ray_address: options.RayAddress = None, workers: options.Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
+    engine: options.Engine = None, ray_address: options.RayAddress = None, workers: options.Workers = None,
+    gpus_per_worker: options.GpusPerWorker = None,
 ) -> None:
     """PSNR, SSIM, LPIPS and L1 of each prediction against its reference, and their mean."""
     from ..eval.pairwise import pairs

@@ -180,7 +180,9 @@ def inspect(
     dtype) and the zoo models it matches (by sha256 where the manifest knows it, else by layout)."""
     from ..inspection import inspect_weights
 
-    found = inspect_weights(path)
+    found = inspect_weights(path, skipped=lambda file, reason: console.print(
+        f"skipped: {reason}" if str(file) in reason else f"skipped {file}: {reason}", soft_wrap=True,
+        markup=False, highlight=False))
     if json_output:
         typer.echo(json.dumps([item.as_dict() for item in found], indent=2))
         return

@@ -68,20 +68,30 @@ RayAddress = Annotated[
                  help="The Ray cluster for --engine ray (default: RAY_ADDRESS, else a Ray started on this "
                  "machine)."),
 ]
-Workers = Annotated[int, typer.Option("--workers", min=1, metavar="N",
-                                      help="Ray workers (actors), each loading the networks once.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", show_default=False,
+                                                help="Ray workers (actors), each loading the networks once "
+                                                "[default: 1].")]
 GpusPerWorker = Annotated[
-    float, typer.Option("--gpus-per-worker", min=0.0, metavar="G",
-                        help="GPUs each Ray worker reserves; 0.5 lets two share one.")
+    Optional[float], typer.Option("--gpus-per-worker", min=0.0, metavar="G", show_default=False,
+                                  help="GPUs each Ray worker reserves; 0.5 lets two share one [default: 0].")
+]
+Threads = Annotated[
+    Optional[int],
+    typer.Option("--threads", min=1, metavar="N", show_default=False,
+                 help="torch's intra-op threads in every worker (default: all cores locally, 1 per Ray worker, "
+                 "which reserves N CPUs). Outputs are byte-identical across engines at equal thread counts."),
 ]
 Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Random seed, for reproducible results.")]
 
 
-def engine_choice(engine: str | None, ray_address: str | None, workers: int,
-                  gpus_per_worker: float) -> EngineOptions:
+def engine_choice(engine: str | None, ray_address: str | None = None, workers: int | None = None,
+                  gpus_per_worker: float | None = None) -> EngineOptions:
+    """The engine and the engine-specific options given on the command line (the chosen engine refuses
+    options that are not its own)."""
     from ..engine import EngineOptions
 
-    return EngineOptions(name=engine, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+    given = {"address": ray_address, "workers": workers, "gpus_per_worker": gpus_per_worker}
+    return EngineOptions(name=engine, settings={key: value for key, value in given.items() if value is not None})
 
 
 def finish_batch(report: BatchReport, *, json: bool = False, quiet: bool = False) -> None:
@@ -91,7 +101,7 @@ def finish_batch(report: BatchReport, *, json: bool = False, quiet: bool = False
     if not quiet:
         console.print(f"{report.done} done, {report.skipped} skipped, {failed} failed", markup=False, highlight=False)
     if json:
-        summary = {"summary": {"done": report.done, "skipped": report.skipped, "failed": failed}}
+        summary = {"summary": report.summary()}
         sys.stdout.write(json_module.dumps(summary) + "\n")
         sys.stdout.flush()
     if failed:

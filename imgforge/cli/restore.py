@@ -76,8 +76,9 @@ def restore(
     weights_dir: options.WeightsDir = None,
     engine: options.Engine = None,
     ray_address: options.RayAddress = None,
-    workers: options.Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
+    workers: options.Workers = None,
+    gpus_per_worker: options.GpusPerWorker = None,
+    threads: options.Threads = None,
 ) -> None:
     """Restore old photos: repair scratches, reduce noise, blur and fading, then enhance the faces.
 
@@ -92,6 +93,6 @@ def restore(
         backend=backend.lower(), recursive=recursive,
         suffix=suffix, output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json,
         offline=offline, weights_dir=weights_dir, batch_size=batch_size,
-        engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),
+        engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker), threads=threads,
     )
     options.finish_batch(report, json=json, quiet=quiet)

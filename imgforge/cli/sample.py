@@ -57,8 +57,9 @@ def sample(
     weights_dir: options.WeightsDir = None,
     engine: options.Engine = None,
     ray_address: options.RayAddress = None,
-    workers: options.Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
+    workers: options.Workers = None,
+    gpus_per_worker: options.GpusPerWorker = None,
+    threads: options.Threads = None,
 ) -> None:
     """Generate images with DDPM, from the official checkpoints or your own diffusers model.
 
@@ -72,6 +73,7 @@ def sample(
         batch_size=batch_size, device=device, precision=precision, backend=backend.lower(), output=output,
         grid=grid, skip_existing=skip_existing, quiet=quiet, json=json, offline=offline or None,
         weights_dir=weights_dir, engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),
+        threads=threads,
     )
     if report.grid is not None and not quiet:
         console.print(f"grid: {report.grid}", markup=False, highlight=False, soft_wrap=True)

@@ -85,8 +85,9 @@ def translate(
     weights_dir: options.WeightsDir = None,
     engine: options.Engine = None,
     ray_address: options.RayAddress = None,
-    workers: options.Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
+    workers: options.Workers = None,
+    gpus_per_worker: options.GpusPerWorker = None,
+    threads: options.Threads = None,
 ) -> None:
     """Translate images with pix2pix or CycleGAN.
 
@@ -102,5 +103,6 @@ def translate(
         device=device, precision=precision, backend=backend, recursive=recursive, suffix=suffix,
         output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json, offline=offline,
         weights_dir=weights_dir, engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),
+        threads=threads,
     )
     options.finish_batch(report, json=json, quiet=quiet)

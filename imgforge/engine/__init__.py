@@ -1,150 +1,178 @@
-"""One job engine for translate, restore and sample, on this machine or on a Ray cluster.
+"""The job engines: translate, restore and sample plan jobs once and run them on this machine or on a Ray
+cluster, through engines picked by name from a registry.
 
 The contract (docs/architecture.md):
 
-- A pipeline *plans* serialisable jobs (imgforge.batch.Job: input path or URL, output path or URL, per-job
-  seed and options) and builds a *task*: a small picklable object holding the run's options, never loaded
-  networks.
-- `task.setup()` runs once per worker process (the driver itself for the local engine, each actor of the
-  pool for Ray) and returns a *worker* that holds the loaded networks.
-- `run_jobs(worker, jobs, batch_size)` processes jobs on a worker: each is loaded, consecutive loaded items
-  that share `worker.group_key` are computed together (at most batch_size of them), and each result is saved
-  by the worker with imgforge.imageio's atomic writer. It yields one record (a JSON-able dict) per job; a
-  failing file fails alone, a failing computation fails its group.
-- `execute(task, jobs, ...)` decides --skip-existing at plan time, runs the rest on the chosen engine and
-  gathers the records into one BatchReport on the driver (progress bar, `failed:` lines, --json lines).
+- A pipeline *plans* serialisable jobs (imgforge.batch.Job) and builds a *task* (engine.jobs.Task): a small
+  picklable object holding the run's options, never loaded networks. `task.setup()` runs once per worker
+  process and returns a *worker* that holds the loaded networks; engine.jobs.run_jobs runs jobs on a worker
+  and yields one record per job (a failing file fails alone).
+- An *engine* (a class registered in ENGINES) decides where workers run: it takes its own settings (a
+  dataclass, `Engine.Settings`; e.g. Ray's address and pool size) and the intra-op thread count every worker
+  applies, is started once per run (`started(task)`: networks loaded or a cluster joined, before the bar), and
+  `run(task, jobs, within)` yields the records as jobs finish. An engine whose workers run in other processes
+  (`in_process = False`) cannot hand results back in memory: jobs must have output files.
+- `execute(task, jobs, ...)` is the same for every engine: outputs that exist are found at plan time
+  (--skip-existing), records are reported on the driver (engine.report), Ctrl-C and SIGTERM end with a count of
+  the outputs actually written.
 
-Records come in the order jobs finish; outputs depend only on each job (seeds are per job), so both engines
-write the same bytes.
+A third engine is one module with its Engine class and one line in ENGINES.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import importlib
 import os
-import sys
-from dataclasses import dataclass, field
+import signal
+import threading
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Hashable, Iterator, Protocol, Sequence
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Mapping, Protocol, Sequence
 
 from .. import storage
 from ..batch import Job, output_exists
-from ..errors import ImgforgeError, OutputError, RunWideError
-from ..progress import console, listening_within_item, make_progress, printable
+from ..errors import ImgforgeError, OutputError, UsageError
+from ..progress import make_progress
+from .jobs import Task, Worker, job_record, run_jobs  # noqa: F401  (the contract, importable from here)
+from .report import BatchReport, Reporter
 
-ENGINES = ("local", "ray")
-
-
-class Worker(Protocol):
-    """The loaded side of a task: what run_jobs calls for each job."""
-
-    def load(self, job: Job) -> Any: ...
-
-    def group_key(self, item: Any) -> Hashable: ...
-
-    def compute(self, items: list[Any]) -> list[Any]: ...
-
-    def save(self, job: Job, item: Any, result: Any) -> dict | None: ...
+# name -> "module:class" inside imgforge.engine, imported only when chosen (Ray is an optional extra)
+ENGINES = {
+    "local": "local:LocalEngine",
+    "ray": "ray:RayEngine",
+}
 
 
-class Task(Protocol):
-    """The run's options, picklable; `setup()` loads the networks (once per worker process)."""
+class Engine(Protocol):
+    """Where workers run. Settings: the dataclass of this engine's own options (fields may carry a "flag"
+    metadata entry, the command-line option that sets them)."""
 
-    label: str  # what the progress bar says, e.g. "translating"
-    batch_size: int  # images per computation, and per Ray batch
+    name: ClassVar[str]
+    in_process: ClassVar[bool]  # workers run in this process, so results may stay in memory
+    Settings: ClassVar[type]
 
-    def setup(self) -> Worker: ...
+    def __init__(self, settings: Any, threads: int | None): ...
+
+    @property
+    def threads(self) -> int | None: ...  # the intra-op threads each worker runs with, for the report
+
+    def started(self, task: Task) -> ContextManager[None]: ...
+
+    def run(self, task: Task, jobs: Sequence[Job], within: Callable[[int], ContextManager]) -> Iterator[dict]: ...
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Where jobs run. name: "local" or "ray" (None: IMGFORGE_ENGINE, else local); address: the Ray cluster
-    (None: RAY_ADDRESS, else a Ray started on this machine); workers: actors in the pool; gpus_per_worker:
-    GPUs each actor reserves (0.5 lets two share one)."""
+    """Which engine runs the jobs, and its own settings. name: a key of ENGINES (None: IMGFORGE_ENGINE, else
+    local); settings: keyword arguments of that engine's Settings (e.g. {"workers": 2} for ray)."""
 
     name: str | None = None
-    address: str | None = None
-    workers: int = 1
-    gpus_per_worker: float = 0.0
+    settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def engine(self) -> str:
         name = (self.name or os.environ.get("IMGFORGE_ENGINE") or "local").strip().lower()
         if name not in ENGINES:
-            raise ImgforgeError(f"unknown engine {name!r}: use local or ray")
+            raise UsageError(f"unknown engine {name!r}: use {' or '.join(ENGINES)}")
         return name
 
-    def check(self) -> None:
-        self.engine  # noqa: B018 (validates the name)
-        if self.workers < 1:
-            raise ImgforgeError(f"--workers must be at least 1, not {self.workers}")
-        if self.gpus_per_worker < 0:
-            raise ImgforgeError(f"--gpus-per-worker must be 0 or more, not {self.gpus_per_worker}")
+    def engine_class(self) -> type[Engine]:
+        module, _, name = ENGINES[self.engine].partition(":")
+        return getattr(importlib.import_module(f".{module}", __name__), name)
+
+    def engine_settings(self) -> Any:
+        """The chosen engine's Settings; a setting it does not have is a usage error naming its option."""
+        engine = self.engine_class()
+        known = {f.name: f.metadata.get("flag", f.name) for f in fields(engine.Settings)}
+        for key in self.settings:
+            if key not in known:
+                flag = _flag_of(key)
+                raise UsageError(f"{flag} is not an option of --engine {self.engine}")
+        return engine.Settings(**self.settings)
+
+    def check_jobs(self, jobs: Sequence[Job], task: Task | None = None) -> None:
+        """A usage error if the chosen engine cannot run `jobs` (results kept in memory, on workers elsewhere),
+        unless the task's records carry its results (`results_in_records`, e.g. eval's features)."""
+        if getattr(task, "results_in_records", False):
+            return
+        if not self.engine_class().in_process and any(job.target is None for job in jobs):
+            raise UsageError(f"--engine {self.engine} writes results where its workers run: give -o (a folder or "
+                             "s3:// URL)")
+
+
+def _flag_of(setting: str) -> str:
+    """The command-line option of a setting of any registered engine (for messages)."""
+    for name in ENGINES:
+        for each in fields(EngineOptions(name).engine_class().Settings):
+            if each.name == setting:
+                return each.metadata.get("flag", setting)
+    return setting
 
 
 def engine_options(engine: EngineOptions | str | None) -> EngineOptions:
+    """`engine` as EngineOptions, checked (name and settings) before any work."""
     options = engine if isinstance(engine, EngineOptions) else EngineOptions(name=engine)
-    options.check()
+    options.engine_settings()
     return options
 
 
-@dataclass
-class BatchReport:
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
+def check_threads(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"--threads must be a whole number of at least 1, not {threads!r}")
 
 
 def execute(task: Task, jobs: Sequence[Job], *, engine: EngineOptions | str | None = None,
-            skip_existing: bool = False, quiet: bool = False, json_lines: bool = False,
-            report: BatchReport | None = None) -> BatchReport:
-    """Run `jobs` with `task` on the chosen engine and return the report. Which outputs exist is decided here,
-    at plan time (one listing per output folder on object storage): with skip_existing those jobs are
-    skipped, so that running the same command again resumes a killed run on either engine; a job whose output
-    is a folder fails. A RunWideError stops the run. Ctrl-C raises KeyboardInterrupt("N done, ..."), the
-    summary for the one "interrupted" line."""
+            threads: int | None = None, skip_existing: bool = False, quiet: bool = False,
+            json_lines: bool = False, report: BatchReport | None = None) -> BatchReport:
+    """Run `jobs` with `task` on the chosen engine and return the report. `threads`: torch's intra-op threads
+    in every worker (None: each engine's default, see docs/scale.md). Which outputs exist is decided here, at
+    plan time (one listing per output folder on object storage): with skip_existing those jobs are skipped,
+    so that running the same command again resumes a killed run on any engine; a job whose output is a folder
+    fails. A RunWideError stops the run. Ctrl-C (or SIGTERM) raises KeyboardInterrupt("N done, ..."), the
+    summary for the one "interrupted" line, counting the outputs written by then."""
     options = engine_options(engine)
+    check_threads(threads)
+    options.check_jobs(jobs, task)
+    runner = options.engine_class()(options.engine_settings(), threads)
     report = report if report is not None else BatchReport()
+    report.engine = options.engine
     planned = _plan(jobs)
-    if options.engine == "ray":
-        from . import ray as runner
-    else:
-        from . import local as runner
-    prepared = runner.prepare(task, options)  # loads the networks (local) or connects to Ray, before the bar
     reporter = Reporter(report, quiet=quiet, json_lines=json_lines)
-    with make_progress(quiet=quiet) as progress:
-        reporter.attach(progress, progress.add_task(task.label, total=len(jobs)), task.label)
-        try:
-            todo = []
-            for job, existed, error in planned:
-                if error is not None:
-                    reporter.add(job_record(job, "failed", error))
-                elif skip_existing and existed:
-                    reporter.add(job_record(job, "skipped"))
-                else:
-                    todo.append(job)
-            for record in runner.run(prepared, task, todo, options, reporter.within):
-                reporter.add(record)
-        except KeyboardInterrupt:
-            progress.stop()
-            raise KeyboardInterrupt(
-                f"{report.done} done, {report.skipped} skipped, {len(report.failed)} failed, "
-                f"{len(jobs) - len(report.records)} not run; outputs written so far are complete"
-            ) from None
+    with runner.started(task):  # loads the networks (local) or joins a cluster, before the bar
+        report.threads = runner.threads
+        with make_progress(quiet=quiet) as progress, _sigterm_interrupts():
+            reporter.attach(progress, progress.add_task(task.label, total=len(jobs)), task.label)
+            todo: list[Job] = []
+            try:
+                for job, existed, error in planned:
+                    if error is not None:
+                        reporter.add(job_record(job, "failed", error))
+                    elif skip_existing and existed:
+                        reporter.add(job_record(job, "skipped"))
+                    else:
+                        todo.append(job)
+                for record in runner.run(task, todo, reporter.within):
+                    reporter.add(record)
+            except KeyboardInterrupt:
+                progress.stop()
+                existed = {str(job.target) for job, found, _ in planned if found}
+                raise _interrupted(reporter, todo, existed, len(jobs)) from None
     return report
 
 
 def _plan(jobs: Sequence[Job]) -> list[tuple[Job, bool, str | None]]:
     """(job, whether its main output exists, why it cannot run) for each job. Local outputs go through
     batch.output_exists (a folder in the way fails the job; a temp file left by a killed overwrite of an
-    existing output is removed); object-storage ones are looked up in one listing per folder."""
-    remote = storage.existing([path for job in jobs for path in job.outputs if not isinstance(path, Path)])
+    existing output is removed); object-storage ones are looked up in one listing per folder, after checking
+    that their buckets exist (a RunWideError otherwise)."""
+    remote = [path for job in jobs for path in job.outputs if not isinstance(path, Path)]
+    storage.check_buckets(remote)
+    found = storage.existing(remote)
     planned = []
     for job in jobs:
         try:
-            existed = [output_exists(path) if isinstance(path, Path) else str(path) in remote
+            existed = [output_exists(path) if isinstance(path, Path) else str(path) in found
                        for path in job.outputs]
         except OutputError as exc:
             planned.append((job, False, str(exc)))
@@ -153,127 +181,34 @@ def _plan(jobs: Sequence[Job]) -> list[tuple[Job, bool, str | None]]:
     return planned
 
 
-def run_jobs(worker: Worker, jobs: Sequence[Job], batch_size: int,
-             within: Callable[[int], ContextManager] = lambda size: contextlib.nullcontext()
-             ) -> Iterator[tuple[Job, dict]]:
-    """Process jobs on one worker, yielding (job, record) as each finishes (input order, except that a failed
-    load can overtake the group still being filled). A RunWideError is raised, not recorded. `within(size)`
-    wraps each computation of `size` items (the local engine moves its bar inside it)."""
-    pending: list[tuple[Job, Any]] = []
-    pending_key: Hashable = None
-
-    def flush() -> Iterator[tuple[Job, dict]]:
-        group = pending[:]
-        pending.clear()
-        try:
-            with within(len(group)):
-                results = worker.compute([item for _, item in group])
-            if len(results) != len(group):
-                raise RuntimeError(f"compute returned {len(results)} results for {len(group)} inputs")
-        except RunWideError:
-            raise
-        except Exception as exc:
-            error = describe(exc)
-            for job, _ in group:
-                yield job, job_record(job, "failed", error)
-            return
-        for (job, item), result in zip(group, results):
-            try:
-                extra = worker.save(job, item, result)
-            except RunWideError:
-                raise
-            except Exception as exc:
-                yield job, job_record(job, "failed", describe(exc))
-            else:
-                yield job, job_record(job, "done", extra=extra)
-
-    for job in jobs:
-        try:
-            item = worker.load(job)
-        except RunWideError:
-            raise
-        except Exception as exc:
-            yield job, job_record(job, "failed", describe(exc))
-            continue
-        key = worker.group_key(item)
-        if pending and pending_key != key:
-            yield from flush()
-        pending.append((job, item))
-        pending_key = key
-        if len(pending) >= batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
+def _interrupted(reporter: Reporter, todo: list[Job], existed: set[str], total: int) -> KeyboardInterrupt:
+    """The summary of an interrupted run. Workers in other processes may have written outputs whose records
+    never reached the driver: those (absent at plan time, present now) count as done."""
+    report = reporter.report
+    reported = {record["output"] for record in report.records}
+    unreported = [job for job in todo if job.target is not None and str(job.target) not in reported | existed]
+    written = len(storage.existing([job.target for job in unreported])) if unreported else 0
+    report.done += written
+    not_run = total - len(report.records) - written
+    if reporter.json_lines:
+        reporter.write_json({"summary": dict(report.summary(), interrupted=True)})
+    return KeyboardInterrupt(f"{report.done} done, {report.skipped} skipped, {len(report.failed)} failed, "
+                             f"{not_run} not run; outputs written so far are complete")
 
 
-def job_record(job: Job, status: str, error: str | None = None, extra: dict | None = None) -> dict:
-    """What --json prints for a job: input (when it has one), output, seed (when it has one), status, error,
-    and the worker's own fields."""
-    record: dict[str, Any] = {"input": str(job.source)} if job.source is not None else {}
-    record["output"] = None if job.target is None else str(job.target)
-    if job.seed is not None:
-        record["seed"] = job.seed
-    record["status"] = status
-    if error is not None:
-        record["error"] = error
-    record.update(extra or {})
-    return record
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (e.g. `ray job stop`) ends the run as Ctrl-C does, with the one `interrupted:` line, instead
+    of whatever handler a library installed (Ray's prints a stack dump)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
 
-class Reporter:
-    """Gathers records on the driver: counts, `failed:` lines on stderr, --json lines on stdout, progress."""
-
-    def __init__(self, report: BatchReport, *, quiet: bool, json_lines: bool):
-        self.report, self.quiet, self.json_lines = report, quiet, json_lines
-        self.progress = self.task_id = self.label = None
-
-    def attach(self, progress, task_id, label: str) -> None:
-        self.progress, self.task_id, self.label = progress, task_id, label
-
-    @contextlib.contextmanager
-    def within(self, size: int) -> Iterator[None]:
-        """While a group of `size` items computes, progress reported within it (progress.report_within_item)
-        moves the bar between the records so far and `size` more, and names the stage; afterwards the bar is
-        back for the records to advance it."""
-        finished, label = len(self.report.records), self.label
-
-        def within_group(fraction: float, stage: str) -> None:
-            self.progress.update(self.task_id, completed=finished + fraction * size, description=f"{label}: {stage}")
-
-        try:
-            with listening_within_item(within_group):
-                yield
-        finally:
-            self.progress.update(self.task_id, completed=finished, description=label)
-
-    def add(self, record: dict) -> None:
-        status = record["status"]
-        if status == "failed":
-            name = record.get("input") or record["output"]
-            self.report.failed.append((storage.location(name), record["error"]))
-            reason = record["error"].removeprefix(f"cannot read {name}: ")  # read_image names the file too
-            console.print(f"failed: {printable(name)}: {printable(reason)}", markup=False, highlight=False,
-                          soft_wrap=True)
-        elif status == "done":
-            self.report.done += 1
-        else:
-            self.report.skipped += 1
-        self.report.records.append(record)
-        if self.json_lines:
-            sys.stdout.write(json.dumps(record, default=str) + "\n")
-            sys.stdout.flush()
-        if self.progress is not None:
-            self.progress.advance(self.task_id)
-
-
-def describe(exc: Exception) -> str:
-    """One line for the report. Errors the user can cause carry their message; anything else is a bug,
-    re-raised with IMGFORGE_DEBUG=1 so that its traceback can be seen."""
-    message = " ".join(str(exc).split())
-    if isinstance(exc, ImgforgeError):
-        return message or type(exc).__name__
-    if os.environ.get("IMGFORGE_DEBUG") == "1":
-        raise exc
-    if isinstance(exc, MemoryError):
-        return "out of memory; try a smaller --batch-size or image"
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

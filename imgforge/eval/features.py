@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -130,6 +130,8 @@ def decode(text: str) -> np.ndarray:
 class FeatureTask:
     """The engine task: one job per image, no output file; its record carries the features."""
 
+    results_in_records: ClassVar[bool] = True  # no output files: the records bring the results back
+
     options: FeatureOptions
     label: str = "inception features"
 
@@ -197,6 +199,9 @@ class FeatureSink:
 
     def __len__(self) -> int:
         return self.seen
+
+    def __iter__(self):
+        return iter(())  # consumed, not kept: no record is left to list (none has an output file)
 
 
 def as_list(inputs) -> list[str]:

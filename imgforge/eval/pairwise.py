@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -124,6 +124,10 @@ def _key(name: Path) -> str:
 
 @dataclass(frozen=True)
 class PairTask:
+    """The engine task of `pairs`: one job per prediction (its reference in the job's options); the record
+    carries the metrics."""
+
+    results_in_records: ClassVar[bool] = True
     metrics: tuple[str, ...]
     device: str = "auto"
     batch_size: int = 8

@@ -419,8 +419,9 @@ def describe_generator(net: Generator, mode: str = "official") -> Descriptor:
 
     io = {"input": "N x C x H x W float32 in [-1, 1]: uint8 / 127.5 - 1 (ToTensor, Normalize(0.5, 0.5))",
           "output": "N x C x H x W float32 in [-1, 1] (tanh); uint8 = trunc((y + 1) / 2 * 255)"}
-    io.update({name: f"N x C x ceil(H/r) x ceil(W/r) float32, 0 or {1 / (1 - DROPOUT_P):g} per element "
-                     f"(Dropout({DROPOUT_P}) mask, drawn by the caller)" for name in names[1:]})
+    io.update({name: f"N x {layer.channels} x ceil(H/{layer.reduction}) x ceil(W/{layer.reduction}) float32, 0 or "
+                     f"{1 / (1 - DROPOUT_P):g} per element (Dropout({DROPOUT_P}) mask, drawn by the caller)"
+               for name, layer in zip(names[1:], module.dropout_layers)})
     test_time = {"official": "per-image BatchNorm statistics, dropout masks as inputs (official test.py)",
                  "no-dropout": "per-image BatchNorm statistics, no dropout",
                  "eval": "running BatchNorm statistics, no dropout (test.py --eval)"}[mode]

@@ -26,7 +26,8 @@ from torch import nn
 from ..errors import ModelError
 
 # One line per network file that registers families (imported on first use of the registry).
-FAMILY_MODULES = ("pix2pix", "ddpm_unet", "scratch_unet", "vae", "mapping", "face_spade", "fid_inception")
+# patchgan comes before mapping: the quality mapping is detected by its model.0.weight alone
+FAMILY_MODULES = ("pix2pix", "ddpm_unet", "scratch_unet", "vae", "patchgan", "mapping", "face_spade", "fid_inception")
 
 
 @dataclass(frozen=True)

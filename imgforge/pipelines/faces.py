@@ -96,10 +96,9 @@ class FaceEnhancer:
 
 def fetch_face_file(entry: manifest.ModelEntry, role: str, folder: hub.WeightsDirs, offline: bool | None,
                     quiet: bool) -> Path:
-    """A face-stage file, as hub.fetch_file finds or downloads it. A weights folder may be the official
-    repository or any checkpoint folder in it (a restore user's Global/checkpoints too): the repository two
-    levels up is looked in after each folder given."""
-    folders = [up for given in hub.weights_folders(folder) for up in (given, *given.parents[:2])]
+    """A face-stage file, as hub.fetch_file finds, downloads and verifies it: only in the folders given (the
+    official repository, its Face_Enhancement/checkpoints or a flat folder) and the official layout below them,
+    checked against the manifest's and the lock's sha256 like every weights file."""
     if not quiet:
         console.print(f"loading {entry.name}", markup=False, highlight=False)
-    return hub.fetch_file(entry, role, offline=offline, weights_dir=folders, quiet=quiet)
+    return hub.fetch_file(entry, role, offline=offline, weights_dir=folder, quiet=quiet)

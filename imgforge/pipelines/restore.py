@@ -352,14 +352,14 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
             precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
             weights_dir: hub.WeightsDirs = None, batch_size: int = 1,
-            engine: EngineOptions | str | None = None) -> BatchReport:
+            engine: EngineOptions | str | None = None, threads: int | None = None) -> BatchReport:
     """Restore image files (files, folders, globs; local or s3://) into `output` (a file for one input, else a
     folder; default: beside each input with the suffix `_restored`). `mask`: one mask file (one input) or a
     folder of masks named like the inputs. With save_mask, the scratch mask is written beside each output as
     <name>_mask.png; with save_faces, the faces as found and as enhanced as <name>_faces_aligned.png and
     <name>_faces_enhanced.png (side by side in detection order; not written for a photo without faces).
-    `engine`: local (default) or ray, see imgforge.engine; batch_size: images handed to a worker at a time
-    (they are restored one by one)."""
+    `engine`: local (default) or ray, `threads`: torch's threads per worker, see imgforge.engine; batch_size:
+    images handed to a worker at a time (they are restored one by one)."""
     settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
     if save_faces and not faces:
         raise ImgforgeError("--save-faces needs the face stage; it cannot be combined with --no-faces")
@@ -379,7 +379,8 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
                        weights_dir=weights_dir, quiet=quiet,
                        save_mask=save_mask, save_faces=save_faces, backend=backend,
                        batch_size=batch_size)
-    return execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json)
+    return execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet,
+                   json_lines=json)
 
 
 @dataclass(frozen=True)

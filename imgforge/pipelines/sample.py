@@ -76,7 +76,52 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
 def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Network]:
     """The U-Net as a registry Network (role "unet"), for export and workers."""
     loaded = load_model(model, **options)
-    return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source)]
+    return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source,
+                             settings={"schedule": loaded.schedule})]
+
+
+def deploy_recipe(network: registry.Network) -> dict:
+    """What the U-Net's sidecar tells a deployer (onnxruntime and numpy, no imgforge) to do to reproduce
+    `imgforge sample` (the ddpm sampler): the trained schedule as a float32 table and the update, as data. The
+    schedule comes from the model (or scheduler_config.json beside a weights file, or in ../scheduler/); None
+    when there is none."""
+    schedule = network.settings.get("schedule") or _schedule_beside(network.source)
+    if schedule is None:
+        return {}
+    config = network.module.config
+    return {
+        "pipeline": "imgforge sample --sampler ddpm --steps S (DDPM ancestral sampling, Ho et al. 2020)",
+        "image": {"channels": config.in_channels, "height": config.sample_size, "width": config.sample_size},
+        "schedule": {"num_train_timesteps": schedule.num_train_timesteps,
+                     "alphas_cumprod": [float(a) for a in schedule.alphas_cumprod.tolist()],
+                     "alphas_cumprod_dtype": "float32 (read each value as numpy.float32)",
+                     "variance_type": schedule.variance_type, "clip_sample": schedule.clip_sample,
+                     "clip_sample_range": schedule.clip_range},
+        "timesteps": "leading spacing: t_k = (S - 1 - k) * (num_train_timesteps // S) for k = 0 .. S-1; the step "
+                     "after the last goes to t_prev = -1, whose alpha_bar is 1",
+        "unet_call": "eps = graph(sample=x (N x C x H x W float32), timestep=float32 array of N copies of t)",
+        "step": ["all in float32, a = alpha_bar: a_t = a[t]; a_p = a[t_prev] (1 at -1); alpha = a_t / a_p; "
+                 "beta = 1 - alpha",
+                 "x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5, clipped to [-range, range] if clip_sample",
+                 "x = (a_p ** 0.5 * beta) / (1 - a_t) * x0 + alpha ** 0.5 * (1 - a_p) / (1 - a_t) * x",
+                 "if t > 0: x += variance ** 0.5 * z, z ~ N(0, I) of x's shape; variance = max((1 - a_p) / "
+                 "(1 - a_t) * beta, 1e-20) for fixed_small, beta for fixed_large"],
+        "noise": "x_T ~ N(0, I), then one z per step with t > 0, per image; imgforge draws image i's from "
+                 "torch.Generator().manual_seed(seed + i) with torch.randn (x_T first), which numpy cannot "
+                 "replay: another generator gives other, equally valid samples",
+        "to_uint8": "round(clip(x / 2 + 0.5, 0, 1) * 255) in float32 (round half to even), then H x W x C",
+    }
+
+
+def _schedule_beside(weights: Path | None) -> NoiseSchedule | None:
+    """The noise schedule of a diffusers weights file: scheduler_config.json beside it, or in ../scheduler/."""
+    if weights is None:
+        return None
+    for candidate in (weights.with_name("scheduler_config.json"),
+                      weights.parent.parent / "scheduler" / "scheduler_config.json"):
+        if candidate.is_file():
+            return NoiseSchedule.from_config(_read_json(candidate), where=str(candidate))
+    return None
 
 
 def _model_files(model: str, offline: bool | None, weights_dir: hub.WeightsDirs,
@@ -145,11 +190,12 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
            eta: float = 0.0, spacing: str | None = None, backend: str = "torch",
            output: str | Path | None = None, grid: str | Path | None = None, skip_existing: bool = False,
            quiet: bool = False, json: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
-           engine: EngineOptions | str | None = None) -> SampleReport:
+           engine: EngineOptions | str | None = None, threads: int | None = None) -> SampleReport:
     """Draw `num` images. With `output` (a folder or s3:// URL), image i is written as sample_{i:05d}.png as
     soon as its batch is done (an interrupted run leaves only complete files, and skip_existing resumes it);
     `grid` writes one tiled picture of all of them. Without either, the images are returned. Each image is a
-    job of imgforge.engine with its own seed (seed + i); `engine`: local (default) or ray."""
+    job of imgforge.engine with its own seed (seed + i); `engine`: local (default) or ray, `threads`: torch's
+    threads per worker."""
     if num < 1:
         raise ImgforgeError(f"-n/--num must be at least 1, not {num}")
     if sampler not in SAMPLERS:
@@ -160,13 +206,13 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     engine = engine_options(engine)
     folder = location(output) if output is not None else None
     grid_path = location(grid) if grid is not None else None
-    if folder is None and engine.engine == "ray":
-        raise ImgforgeError("--engine ray writes the samples where the workers run: give -o (a folder or s3:// URL)")
     files = [folder / FILE_PATTERN.format(i) for i in range(num)] if folder is not None else [None] * num
     claim_outputs([*((path, f"sample {i}") for i, path in enumerate(files) if path is not None),
                    *([(grid_path, "the grid")] if grid_path is not None else [])])
     if isinstance(grid_path, Path):
         output_exists(grid_path)  # a folder in the way fails now, not after the run
+    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
+    engine.check_jobs(jobs)
     # the files now, so that a missing model fails before any worker starts; the grid needs the image size
     _, (config_path, _, _) = _model_files(model, offline, weights_dir, quiet)
     config = _read_json(config_path)
@@ -176,9 +222,9 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     task = SampleTask(model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing, device=device,
                       precision=precision, backend=backend, offline=offline, weights_dir=weights_dir,
                       batch_size=batch_size, quiet=quiet, keep=keep)
-    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
     report = SampleReport(grid=grid_path)
-    execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json, report=report)
+    execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet, json_lines=json,
+            report=report)
     done = sorted((record["index"], record["output"]) for record in report.records if record["status"] == "done")
     if folder is not None:
         report.written = [location(path) for _, path in done]

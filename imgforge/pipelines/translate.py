@@ -28,7 +28,7 @@ from PIL import Image
 from .. import hub, manifest, runtime
 from ..batch import Job, plan_jobs
 from ..engine import BatchReport, EngineOptions, engine_options, execute
-from ..checkpoint import load_state_dict
+from ..checkpoint import building, load_state_dict
 from ..errors import ImgforgeError, InputError
 from ..imageio import Picture, read_image, write_image
 from ..nets import registry
@@ -68,7 +68,9 @@ def load_networks(model: str | None = None, checkpoint: str | os.PathLike | None
     path, entry = _weights_file(model, checkpoint, offline=offline, weights_dir=weights_dir, quiet=quiet)
     requested = dict(entry.config) if entry is not None else {}
     requested.update(options)
-    net, family = registry.load(load_state_dict(path), entry.arch if entry is not None else "pix2pix", **requested)
+    state = load_state_dict(path)
+    with building(state, path):
+        net, family = registry.load(state, entry.arch if entry is not None else "pix2pix", **requested)
     return [registry.Network("generator", net, family, source=path, settings={"mode": mode})]
 
 
@@ -183,12 +185,53 @@ class Translator:
         if not self.dropout_layers:
             return []
         height, width = tensors[0].shape[-2:]
-        per_image = []
-        for tensor in tensors:
-            generator = torch.Generator().manual_seed(_image_seed(self.seed, tensor))
-            per_image.append([(torch.rand(layer.mask_shape(height, width), generator=generator) >= DROPOUT_P)
-                              .float() / (1 - DROPOUT_P) for layer in self.dropout_layers])
-        return [torch.stack(masks) for masks in zip(*per_image)]
+        shapes = [layer.mask_shape(height, width) for layer in self.dropout_layers]
+        per_image = [dropout_masks(_image_seed(self.seed, tensor), shapes) for tensor in tensors]
+        return [torch.from_numpy(np.stack(masks)) for masks in zip(*per_image)]
+
+
+def dropout_masks(image_seed: int, shapes: Sequence[tuple[int, int, int]]) -> list[np.ndarray]:
+    """One image's Dropout(p) masks, C x h x w float32 each (0 or 1 / (1 - p)), in the generator's layer order:
+    drawn with numpy's PCG64 so that a deployer without torch draws the same (docs/onnx.md)."""
+    rng = np.random.Generator(np.random.PCG64(image_seed))
+    keep = np.float32(1 / (1 - DROPOUT_P))
+    return [(rng.random(shape, dtype=np.float32) >= DROPOUT_P).astype(np.float32) * keep for shape in shapes]
+
+
+def deploy_recipe(network: registry.Network) -> dict:
+    """What the generator's sidecar tells a deployer (onnxruntime, numpy and Pillow, no imgforge) to do to
+    reproduce `imgforge translate` with the default --size: exactly what Translator does, as data."""
+    mode = network.settings.get("mode", "official")
+    module = TestTimeGenerator(network.module, mode)
+    options = network.module.options
+    recipe = {
+        "pipeline": "imgforge translate (default --size)",
+        "image_mode": {"input": "L" if options.input_nc == 1 else "RGB",
+                       "output": "L" if options.output_nc == 1 else "RGB"},
+        "resize": {"width": OFFICIAL_SIZE, "height": OFFICIAL_SIZE, "filter": "bicubic", "library": "Pillow",
+                   "rule": f"the whole image to {OFFICIAL_SIZE}x{OFFICIAL_SIZE} with PIL.Image.BICUBIC, ignoring "
+                           "its aspect ratio (not at all if it already is that size); after the 8-bit "
+                           "conversion the output goes back to the input's size, PIL.Image.BICUBIC again"},
+        "to_input": "float32 array 1 x C x H x W: ((uint8 / 255) - 0.5) / 0.5, each operation in float32",
+        "to_uint8": "numpy: ((output + 1) / 2 * 255).astype(uint8) in float32, truncated (not rounded), then "
+                    "H x W x C",
+        "dropout": None,
+    }
+    if module.dropout_layers:
+        names = [f"dropout{i}" for i in range(len(module.dropout_layers))]
+        recipe["dropout"] = {
+            "p": DROPOUT_P, "kept_value": 1 / (1 - DROPOUT_P),
+            "masks": [{"input": name, "channels": layer.channels, "reduction": layer.reduction}
+                      for name, layer in zip(names, module.dropout_layers)],
+            "shape": "N x channels x ceil(H / reduction) x ceil(W / reduction), H x W the network input's size",
+            "image_seed": "int.from_bytes(hashlib.blake2b(str(seed).encode() + b':' + x.tobytes(), "
+                          "digest_size=8).digest(), 'little') >> 1, where seed is translate --seed and x the "
+                          "image's float32 1 x C x H x W input (C order)",
+            "draw": "rng = numpy.random.Generator(numpy.random.PCG64(image_seed)); for each mask in order: "
+                    "(rng.random((channels, h, w), dtype=numpy.float32) >= p).astype(numpy.float32) * "
+                    "float32(kept_value), then a batch axis in front",
+        }
+    return recipe
 
 
 def translate_image(image: Image.Image | np.ndarray, *, model: str | None = None,
@@ -222,11 +265,11 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
               device: str = "auto", precision: str = "fp32", backend: str = "torch", recursive: bool = False,
               suffix: str = "", output_format: str | None = None, skip_existing: bool = False, quiet: bool = False,
               json: bool = False, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
-              engine: EngineOptions | str | None = None) -> BatchReport:
+              engine: EngineOptions | str | None = None, threads: int | None = None) -> BatchReport:
     """Translate images, folders or globs (local or s3://) with a zoo model or a user's checkpoint; each output
     is written at its input's size (next to it with the suffix `_translated`, or under `output`). Files that
-    fail are reported and skipped; the report lists them. `engine`: local (default) or ray, see
-    imgforge.engine."""
+    fail are reported and skipped; the report lists them. `engine`: local (default) or ray, and `threads`:
+    torch's intra-op threads in every worker, see imgforge.engine."""
     if mode not in MODES:
         raise ImgforgeError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     if direction is not None and direction not in DIRECTIONS:
@@ -247,7 +290,8 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
         seeded=seed is not None, direction=direction, aligned=aligned, compare=compare, batch_size=batch_size,
     )
     jobs = [replace(job, seed=seed) for job in jobs]  # in each record when the user chose it
-    return execute(task, jobs, engine=engine, skip_existing=skip_existing, quiet=quiet, json_lines=json)
+    return execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet,
+                   json_lines=json)
 
 
 @dataclass(frozen=True)
@@ -349,8 +393,10 @@ def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 
 def _image_seed(seed: int, tensor: torch.Tensor) -> int:
+    """The run's seed and the image's network input (its float32 bytes), hashed: an image's masks do not depend
+    on the batch it is in or the order images come in."""
     digest = hashlib.blake2b(str(seed).encode() + b":" + tensor.numpy().tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1  # torch seeds are 63-bit
+    return int.from_bytes(digest, "little") >> 1
 
 
 def _resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:

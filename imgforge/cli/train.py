@@ -1,0 +1,209 @@
+"""`imgforge train pix2pix|cyclegan|...`: train or fine-tune a model on your own images, see docs/train.md.
+The options every method shares (run folder, seed, batch, saving, device, precision, engine) are declared
+once here; each subcommand adds its method's own and calls imgforge.train.api."""
+
+from __future__ import annotations
+
+import json as json_module
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..progress import console, printable
+from . import options
+from .app import app
+
+train_app = typer.Typer(
+    help="Train or fine-tune a model on your own images (one trainer; runs under torchrun or on Ray Train).",
+    no_args_is_help=True, rich_markup_mode=None, context_settings={"max_content_width": 120},
+)
+app.add_typer(train_app, name="train")
+
+# --- shared by every method ---------------------------------------------------------------------------------
+DataRoot = Annotated[Path, typer.Argument(metavar="DATAROOT", help="The dataset folder.", show_default=False)]
+RunDir = Annotated[Path, typer.Option("-o", "--output", metavar="RUN_DIR", show_default=False,
+                                      help="The run folder: weights, options.json, log.jsonl, samples/, train_state/.")]
+Seed = Annotated[int, typer.Option("--seed", metavar="N", help="Seeds the weights, the data order and every draw.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", metavar="N", min=1,
+                                        help="The global batch, split among the processes.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR from its last save (give the "
+                                      "options it was started with).")]
+SaveEvery = Annotated[int, typer.Option("--save-every", metavar="N", min=1,
+                                        help="Steps between saves of the latest weights and the resumable state.")]
+LogEvery = Annotated[int, typer.Option("--log-every", metavar="N", min=1,
+                                       help="Steps between loss records (log.jsonl, --json, TensorBoard).")]
+LoaderWorkers = Annotated[Optional[int], typer.Option(
+    "--loader-workers", metavar="N", min=0, show_default=False,
+    help="Data-loading processes (default: up to 4, by the CPU count; 0 loads in the training process).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object per logged step on stdout, no bar.")]
+Precision = Annotated[str, typer.Option("--precision", metavar="NAME",
+                                        help="fp32 (default), or bf16 / fp16 autocast (fp16: GPU only).")]
+Engine = Annotated[str, typer.Option("--engine", metavar="local|ray",
+                                     help="local (this process; several under torchrun) or ray (Ray Train).")]
+Workers = Annotated[int, typer.Option("--workers", metavar="N", min=1, help="Ray Train workers (--engine ray).")]
+
+
+def settings_fields(*, seed, batch_size, resume, save_every, log_every, loader_workers, json, quiet, device,
+                    precision, engine, workers, gpus_per_worker, ray_address) -> dict:
+    """The TrainSettings fields of the shared options, as keyword arguments of imgforge.train.api."""
+    return dict(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every, log_every=log_every,
+                loader_workers=loader_workers, json=json, quiet=quiet, device=device, precision=precision,
+                engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address)
+
+
+def report(result, *, json: bool, quiet: bool) -> None:
+    """The end of a run: one line on stderr, the summary object on stdout with --json (rank 0 only)."""
+    if not result.main_process:
+        return
+    if json:
+        print(json_module.dumps({"summary": {"run_dir": str(result.run_dir), "step": result.step,
+                                             "epoch": result.epoch, "losses": result.losses}}), flush=True)
+    if not quiet:
+        losses = "  ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+        console.print(f"trained {result.step} steps into {printable(result.run_dir)}  {losses}", markup=False,
+                      highlight=False, soft_wrap=True)
+
+
+# --- GAN options ----------------------------------------------------------------------------------------------
+NetG = Annotated[str, typer.Option("--netG", metavar="NAME",
+                                   help="unet_256, unet_128, resnet_9blocks or resnet_6blocks.")]
+Ngf = Annotated[int, typer.Option("--ngf", metavar="N", min=1, help="Generator filters in the first layer.")]
+Ndf = Annotated[int, typer.Option("--ndf", metavar="N", min=1, help="Discriminator filters in the first layer.")]
+NLayersD = Annotated[int, typer.Option("--n-layers-d", metavar="N", min=1,
+                                       help="PatchGAN layers (3: the 70x70 PatchGAN).")]
+Norm = Annotated[str, typer.Option("--norm", metavar="NAME", help="batch, instance or none.")]
+GanMode = Annotated[str, typer.Option("--gan-mode", metavar="NAME",
+                                      help="vanilla (cross-entropy) or lsgan (least squares).")]
+LoadSize = Annotated[int, typer.Option("--load-size", metavar="N", min=1, help="Images are resized to N x N ...")]
+CropSize = Annotated[int, typer.Option("--crop-size", metavar="N", min=1, help="... then cropped to N x N at random.")]
+Preprocess = Annotated[str, typer.Option("--preprocess", metavar="NAME",
+                                         help="resize_and_crop, crop, scale_width, scale_width_and_crop or none.")]
+NoFlip = Annotated[bool, typer.Option("--no-flip", help="No random horizontal flips.")]
+Direction = Annotated[str, typer.Option("--direction", metavar="AtoB|BtoA", help="Which side is the input.")]
+Epochs = Annotated[int, typer.Option("--epochs", metavar="N", min=0, help="Epochs at the initial learning rate.")]
+EpochsDecay = Annotated[int, typer.Option("--epochs-decay", metavar="N", min=0,
+                                          help="Then epochs with the rate decaying linearly to 0.")]
+Lr = Annotated[float, typer.Option("--lr", metavar="X", min=0.0, help="Adam's initial learning rate.")]
+Beta1 = Annotated[float, typer.Option("--beta1", metavar="X", min=0.0, max=1.0, help="Adam's beta1.")]
+StartFrom = Annotated[Optional[str], typer.Option(
+    "--from", metavar="CHECKPOINT|MODEL", show_default=False,
+    help="Fine-tune: start from a generator file, a run folder (every latest_net_*.pth) or a zoo model.")]
+SaveEpochEvery = Annotated[int, typer.Option("--save-epoch-every", metavar="N", min=1,
+                                             help="Epochs between {epoch}_net_*.pth snapshots.")]
+
+
+@train_app.command("pix2pix")
+def pix2pix(
+    dataroot: DataRoot,
+    output: RunDir,
+    netG: NetG = "unet_256",
+    ngf: Ngf = 64,
+    ndf: Ndf = 64,
+    n_layers_d: NLayersD = 3,
+    norm: Norm = "batch",
+    no_dropout: Annotated[bool, typer.Option("--no-dropout", help="No dropout in the generator.")] = False,
+    gan_mode: GanMode = "vanilla",
+    lambda_l1: Annotated[float, typer.Option("--lambda-l1", metavar="X", min=0.0, help="Weight of the L1 loss.")] = 100.0,
+    load_size: LoadSize = 286,
+    crop_size: CropSize = 256,
+    preprocess: Preprocess = "resize_and_crop",
+    no_flip: NoFlip = False,
+    direction: Direction = "AtoB",
+    epochs: Epochs = 100,
+    epochs_decay: EpochsDecay = 100,
+    lr: Lr = 0.0002,
+    beta1: Beta1 = 0.5,
+    start_from: StartFrom = None,
+    save_epoch_every: SaveEpochEvery = 5,
+    seed: Seed = 0,
+    batch_size: BatchSize = 1,
+    resume: Resume = False,
+    save_every: SaveEvery = 5000,
+    log_every: LogEvery = 100,
+    loader_workers: LoaderWorkers = None,
+    json: Json = False,
+    quiet: options.Quiet = False,
+    device: options.Device = "auto",
+    precision: Precision = "fp32",
+    engine: Engine = "local",
+    workers: Workers = 1,
+    gpus_per_worker: options.GpusPerWorker = 0.0,
+    ray_address: options.RayAddress = None,
+) -> None:
+    """pix2pix on DATAROOT/train (A|B side by side), or DATAROOT/A + DATAROOT/B paired by file name."""
+    from ..train.api import train_pix2pix
+
+    result = train_pix2pix(
+        dataroot, output, netG=netG, ngf=ngf, ndf=ndf, n_layers_d=n_layers_d, norm=norm, dropout=not no_dropout,
+        gan_mode=gan_mode, lambda_l1=lambda_l1, load_size=load_size, crop_size=crop_size, preprocess=preprocess,
+        flip=not no_flip, direction=direction, epochs=epochs, epochs_decay=epochs_decay, lr=lr, beta1=beta1,
+        start_from=start_from, save_epoch_every=save_epoch_every,
+        **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
+                          log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
+                          precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
+                          ray_address=ray_address),
+    )
+    report(result, json=json, quiet=quiet)
+
+
+@train_app.command("cyclegan")
+def cyclegan(
+    dataroot: DataRoot,
+    output: RunDir,
+    netG: NetG = "resnet_9blocks",
+    ngf: Ngf = 64,
+    ndf: Ndf = 64,
+    n_layers_d: NLayersD = 3,
+    norm: Norm = "instance",
+    dropout: Annotated[bool, typer.Option("--dropout/--no-dropout", help="Dropout in the generators.")] = False,
+    gan_mode: GanMode = "lsgan",
+    lambda_a: Annotated[float, typer.Option("--lambda-a", metavar="X", min=0.0,
+                                            help="Weight of the A -> B -> A cycle loss.")] = 10.0,
+    lambda_b: Annotated[float, typer.Option("--lambda-b", metavar="X", min=0.0,
+                                            help="Weight of the B -> A -> B cycle loss.")] = 10.0,
+    lambda_identity: Annotated[float, typer.Option("--lambda-identity", metavar="X", min=0.0,
+                                                   help="Identity loss, relative to the cycle weights.")] = 0.5,
+    pool_size: Annotated[int, typer.Option("--pool-size", metavar="N", min=0,
+                                           help="Generated images kept for the discriminators.")] = 50,
+    load_size: LoadSize = 286,
+    crop_size: CropSize = 256,
+    preprocess: Preprocess = "resize_and_crop",
+    no_flip: NoFlip = False,
+    direction: Direction = "AtoB",
+    epochs: Epochs = 100,
+    epochs_decay: EpochsDecay = 100,
+    lr: Lr = 0.0002,
+    beta1: Beta1 = 0.5,
+    start_from: StartFrom = None,
+    save_epoch_every: SaveEpochEvery = 5,
+    seed: Seed = 0,
+    batch_size: BatchSize = 1,
+    resume: Resume = False,
+    save_every: SaveEvery = 5000,
+    log_every: LogEvery = 100,
+    loader_workers: LoaderWorkers = None,
+    json: Json = False,
+    quiet: options.Quiet = False,
+    device: options.Device = "auto",
+    precision: Precision = "fp32",
+    engine: Engine = "local",
+    workers: Workers = 1,
+    gpus_per_worker: options.GpusPerWorker = 0.0,
+    ray_address: options.RayAddress = None,
+) -> None:
+    """CycleGAN on DATAROOT/trainA and DATAROOT/trainB (unpaired)."""
+    from ..train.api import train_cyclegan
+
+    result = train_cyclegan(
+        dataroot, output, netG=netG, ngf=ngf, ndf=ndf, n_layers_d=n_layers_d, norm=norm, dropout=dropout,
+        gan_mode=gan_mode, lambda_a=lambda_a, lambda_b=lambda_b, lambda_identity=lambda_identity,
+        pool_size=pool_size, load_size=load_size, crop_size=crop_size, preprocess=preprocess, flip=not no_flip,
+        direction=direction, epochs=epochs, epochs_decay=epochs_decay, lr=lr, beta1=beta1, start_from=start_from,
+        save_epoch_every=save_epoch_every,
+        **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
+                          log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
+                          precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
+                          ray_address=ray_address),
+    )
+    report(result, json=json, quiet=quiet)

@@ -1,0 +1,131 @@
+"""What pix2pix and CycleGAN training share, as in the official models/networks.py and util/image_pool.py:
+weight initialisation, the GAN objective, the pool of generated images, the learning-rate policy, and
+building the official networks (generators through the registry's pix2pix family, the PatchGAN)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ImgforgeError
+from ..nets.patchgan import DiscriminatorOptions, PatchDiscriminator
+from ..nets.pix2pix import DROPOUT_P, Generator, GeneratorOptions, build_generator
+
+INIT_GAIN = 0.02  # official init_type normal, init_gain 0.02
+GAN_MODES = ("vanilla", "lsgan")
+
+
+def init_weights(net: nn.Module, gain: float = INIT_GAIN) -> nn.Module:
+    """The official `init_weights(net, 'normal', 0.02)`: every convolution (and transposed one) N(0, gain)
+    with bias 0, every BatchNorm weight N(1, gain) with bias 0; visited in `net.apply` order, so the same seed
+    draws the same weights as the official code."""
+
+    def initialise(module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, gain)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, gain)
+            nn.init.zeros_(module.bias)
+
+    return net.apply(initialise)
+
+
+def new_generator(options: GeneratorOptions) -> Generator:
+    return init_weights(build_generator(options))
+
+
+def new_discriminator(options: DiscriminatorOptions) -> PatchDiscriminator:
+    return init_weights(PatchDiscriminator(options))
+
+
+class GANLoss:
+    """The official GANLoss: the discriminator's map of logits against a target of 1 (real) or 0 (fake),
+    binary cross-entropy with logits (`vanilla`) or mean squared error (`lsgan`), averaged over the map."""
+
+    def __init__(self, mode: str):
+        if mode not in GAN_MODES:
+            raise ImgforgeError(f"unknown --gan-mode {mode!r}: use one of {', '.join(GAN_MODES)}")
+        self.mode = mode
+
+    def __call__(self, prediction: torch.Tensor, real: bool) -> torch.Tensor:
+        prediction = prediction.float()
+        target = torch.full_like(prediction, 1.0 if real else 0.0)
+        if self.mode == "vanilla":
+            return F.binary_cross_entropy_with_logits(prediction, target)
+        return F.mse_loss(prediction, target)
+
+
+def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    for net in nets:
+        for parameter in net.parameters():
+            parameter.requires_grad_(flag)
+
+
+def dropout_masks(generator: Generator, images: torch.Tensor) -> list[torch.Tensor]:
+    """Fresh masks of the official nn.Dropout(0.5) for every dropout layer of `generator` (none without
+    dropout): each element kept with probability 1 - p and scaled by 1 / (1 - p), drawn from torch's RNG."""
+    n, _, height, width = images.shape
+    keep = 1.0 - DROPOUT_P
+    return [torch.bernoulli(torch.full((n, *layer.mask_shape(height, width)), keep, device=images.device)) / keep
+            for layer in generator.dropout_layers()]
+
+
+class ImagePool:
+    """The official ImagePool: a buffer of up to `size` generated images that the discriminators see instead of
+    the newest ones half of the time, once it is full. Draws from its own generator (saved for resume)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return images
+        chosen = []
+        for image in images.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image)
+                chosen.append(image)
+            elif torch.rand((), generator=self.generator).item() > 0.5:
+                index = int(torch.randint(0, self.size, (), generator=self.generator))
+                chosen.append(self.images[index].clone())
+                self.images[index] = image
+            else:
+                chosen.append(image)
+        return torch.cat(chosen, 0)
+
+    def state_dict(self) -> dict:
+        stored = torch.cat(self.images) if self.images else torch.empty(0)
+        return {"images": stored.cpu(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.images = [image.unsqueeze(0).to(device) for image in state["images"]]
+        self.generator.set_state(state["generator"])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The official `lr_policy linear`: `epochs` epochs at the initial rate, then `epochs_decay` epochs
+    decaying linearly towards 0 (the rate of epoch e is lr * (1 - max(0, e - epochs) / (epochs_decay + 1)),
+    epochs counted from 1), the scheduler stepped once at the end of every epoch."""
+
+    epochs: int
+    epochs_decay: int
+
+    def factor(self, completed_epochs: int) -> float:
+        return 1.0 - max(0, completed_epochs + 1 - self.epochs) / float(self.epochs_decay + 1)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+
+
+def adam(parameters, lr: float, beta1: float) -> torch.optim.Adam:
+    """The official optimizer: Adam(lr, betas=(beta1, 0.999)), eps 1e-8."""
+    return torch.optim.Adam(parameters, lr=lr, betas=(beta1, 0.999))

@@ -1,0 +1,167 @@
+"""pix2pix training (Isola et al. 2017), step for step the official Pix2PixModel.optimize_parameters:
+
+    fake_B = G(A)                                            (train mode; dropout 0.5 as the noise z)
+    D step:  loss_D = ( GAN(D(A, fake_B.detach()), fake) + GAN(D(A, B), real) ) / 2
+    G step:  loss_G = GAN(D(A, fake_B), real) + lambda_L1 * |fake_B - B|_1      (against the updated D)
+
+D is a conditional PatchGAN: it sees the input and an output side by side (6 channels). Runs through the
+shared trainer (imgforge/train/trainer.py); the run folder is the official checkpoint layout
+(`latest_net_G.pth`, `latest_net_D.pth`, `{epoch}_net_G.pth`, ...) that `imgforge translate --checkpoint` and
+the official test.py load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..nets.patchgan import DiscriminatorOptions
+from ..nets.pix2pix import Generator, GeneratorOptions, load_generator_weights
+from ..pipelines.translate import tensor_to_uint8
+from . import data
+from .gan import GANLoss, Schedule, adam, dropout_masks, new_discriminator, new_generator, set_requires_grad
+from .outputs import load_start_weights, write_networks
+from .state import cpu_state
+from .trainer import Context, Length, Method
+
+PREVIEW_IMAGES = 4  # fixed training pairs shown in each epoch's sample grid
+
+
+@dataclass(frozen=True)
+class Pix2PixOptions:
+    """The official pix2pix options (train.py with --model pix2pix), under imgforge's names."""
+
+    dataroot: str
+    netG: str = "unet_256"
+    ngf: int = 64
+    ndf: int = 64
+    n_layers_d: int = 3
+    norm: str = "batch"
+    dropout: bool = True
+    gan_mode: str = "vanilla"
+    lambda_l1: float = 100.0
+    load_size: int = 286
+    crop_size: int = 256
+    preprocess: str = "resize_and_crop"
+    flip: bool = True
+    direction: str = "AtoB"
+    epochs: int = 100
+    epochs_decay: int = 100
+    lr: float = 0.0002
+    beta1: float = 0.5
+    start_from: str | None = None  # --from: a generator file, a run folder or a zoo model
+    save_epoch_every: int = 5
+
+
+class Pix2PixStep:
+    """One official optimisation step of a generator G and a conditional discriminator D (either may be
+    wrapped for DistributedDataParallel; `D_plain` is D itself, used for G's loss while D is frozen)."""
+
+    def __init__(self, G, D, D_plain, optimizer_G, optimizer_D, *, gan_mode: str, lambda_l1: float,
+                 context: Context | None = None, generator: Generator | None = None):
+        self.G, self.D, self.D_plain = G, D, D_plain
+        self.optimizer_G, self.optimizer_D = optimizer_G, optimizer_D
+        self.gan = GANLoss(gan_mode)
+        self.lambda_l1 = lambda_l1
+        self.context = context
+        self.generator = generator  # the plain generator, whose dropout layers get masks
+
+    def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+        autocast, backward, step = step_helpers(self.context)
+        masks = dropout_masks(self.generator, real_A) if self.generator is not None else []
+        with autocast():
+            fake_B = self.G(real_A, *masks)
+
+        set_requires_grad([self.D_plain], True)
+        self.optimizer_D.zero_grad()
+        with autocast():
+            loss_D_fake = self.gan(self.D(torch.cat((real_A, fake_B.detach()), 1)), False)
+            loss_D_real = self.gan(self.D(torch.cat((real_A, real_B), 1)), True)
+            loss_D = (loss_D_fake + loss_D_real) * 0.5
+        backward(loss_D)
+        step(self.optimizer_D)
+
+        set_requires_grad([self.D_plain], False)
+        self.optimizer_G.zero_grad()
+        with autocast():
+            loss_G_GAN = self.gan(self.D_plain(torch.cat((real_A, fake_B), 1)), True)
+            loss_G_L1 = F.l1_loss(fake_B.float(), real_B) * self.lambda_l1
+            loss_G = loss_G_GAN + loss_G_L1
+        backward(loss_G)
+        step(self.optimizer_G)
+        self.fake_B = fake_B.detach()
+        return {"G_GAN": loss_G_GAN.detach(), "G_L1": loss_G_L1.detach(), "D_real": loss_D_real.detach(),
+                "D_fake": loss_D_fake.detach()}
+
+
+def step_helpers(context: Context | None):
+    """(autocast, backward, optimizer step): the run's (precision, fp16 scaling), or plain ones."""
+    if context is None:
+        import contextlib
+
+        return contextlib.nullcontext, lambda loss: loss.backward(), lambda optimizer: optimizer.step()
+    return context.autocast, context.backward, context.step
+
+
+class Pix2PixMethod(Method):
+    name = "pix2pix"
+
+    def __init__(self, options: Pix2PixOptions, context: Context):
+        self.options, self.context = options, context
+        self.dataset = data.paired_dataset(options.dataroot, data.Preprocess.of(options), options.direction,
+                                           context.seed)
+        self.length = Length(epochs=options.epochs + options.epochs_decay)
+        self.G = new_generator(GeneratorOptions(options.netG, options.norm, options.ngf, options.dropout))
+        self.D = new_discriminator(DiscriminatorOptions(6, options.ndf, options.n_layers_d, options.norm))
+        if options.start_from:
+            load_start_weights(options.start_from, {"G": self.G, "D": self.D})
+        G, D = context.prepare(self.G), context.prepare(self.D)
+        self.optimizer_G = adam(self.G.parameters(), options.lr, options.beta1)
+        self.optimizer_D = adam(self.D.parameters(), options.lr, options.beta1)
+        schedule = Schedule(options.epochs, options.epochs_decay)
+        self.scheduler_G, self.scheduler_D = schedule.scheduler(self.optimizer_G), schedule.scheduler(self.optimizer_D)
+        self.train_step = Pix2PixStep(G, D, self.D, self.optimizer_G, self.optimizer_D, gan_mode=options.gan_mode,
+                                      lambda_l1=options.lambda_l1, context=context, generator=self.G)
+
+    def modules(self):
+        return {"G": self.G, "D": self.D}
+
+    def optimizers(self):
+        return {"G": self.optimizer_G, "D": self.optimizer_D}
+
+    def schedulers(self):
+        return {"G": self.scheduler_G, "D": self.scheduler_D}
+
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.train_step(batch["A"], batch["B"])
+
+    def end_epoch(self, epoch: int) -> dict:
+        self.scheduler_G.step()
+        self.scheduler_D.step()
+        return {"lr": self.optimizer_G.param_groups[0]["lr"]}
+
+    def write_outputs(self, run_dir: Path, *, epoch: int | None, step: int, final: bool) -> None:
+        snapshot = epoch is not None and (final or epoch % self.options.save_epoch_every == 0)
+        write_networks(run_dir, self.modules(), epoch if snapshot else None)
+
+    def preview(self) -> list[list[np.ndarray]]:
+        rows = []
+        for index in range(min(PREVIEW_IMAGES, len(self.dataset))):
+            item = self.dataset.preview_item(index)
+            fake = translate_for_preview(self.G, item["A"].unsqueeze(0).to(self.context.device))
+            rows.append([tensor_to_uint8(t)[0] for t in (item["A"].unsqueeze(0), fake, item["B"].unsqueeze(0))])
+        return rows
+
+
+@torch.no_grad()
+def translate_for_preview(generator: Generator, images: torch.Tensor) -> torch.Tensor:
+    """G(images) as `imgforge translate` computes it by default (each image's own BatchNorm statistics, no
+    dropout), by a plain copy of the generator: the training one keeps its running statistics, and its
+    synchronised BatchNorm (several processes) is not called by one process alone."""
+    copy = load_generator_weights(cpu_state(generator.state_dict()), dropout=generator.options.dropout)
+    copy.use_image_statistics(True)
+    return copy.to(images.device)(images).cpu()
