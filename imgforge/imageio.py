@@ -435,6 +435,11 @@ def _write_atomically(path: Path | ObjectPath, encode) -> None:
         raise
 
 
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write any file (weights, JSON) the way images are written: whole or not at all."""
+    _write_atomically(path, lambda file: file.write(data))
+
+
 def partial_path(target: Path) -> Path:
     """Where `target` is encoded before it is renamed into place: hidden, in the same folder (so that the
     rename is atomic), one fixed name per target (so that a temp file a SIGKILL left behind is found and

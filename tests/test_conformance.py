@@ -32,6 +32,7 @@ KNOWN_KINDS = {
     "face.blend": "face",
     "train.pix2pix_step": "train",
     "train.cyclegan_step": "train",
+    "train.ddpm_step": "train_ddpm",
 }
 
 

@@ -84,6 +84,57 @@ def test_official_full_size_layouts(keys, family, expected):
                                    and "filt" not in k)
 
 
+@pytest.mark.parametrize("name", list(_tiny_networks()))
+def test_each_family_builds_a_fresh_network_from_its_hyperparameters(name):
+    """build(describe(net).hyperparameters): the same keys and shapes, new random weights, training mode."""
+    net, _ = _tiny_networks()[name]
+    family = registry.get_family(name)
+    built = family.build(family.describe(net).hyperparameters)
+    assert built.training and not any(p.is_meta for p in built.parameters())
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
+    assert family.describe(built).hyperparameters == family.describe(net).hyperparameters
+    assert any(not torch.equal(built.state_dict()[k], v) for k, v in net.state_dict().items() if v.is_floating_point())
+
+
+def test_pix2pix_build_is_the_official_initialisation():
+    """init_weights(net, "normal", 0.02): conv weights N(0, 0.02) with zero biases, BatchNorm weights N(1, 0.02);
+    seeded, the same numbers twice."""
+    config = {"netG": "unet_256", "norm": "batch", "ngf": 8}
+    torch.manual_seed(3)
+    net = registry.build("pix2pix_unet", config)
+    torch.manual_seed(3)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 registry.build("pix2pix_unet", config).state_dict().values()))
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    weights = torch.cat([m.weight.flatten() for m in convs])
+    assert abs(weights.mean().item()) < 1e-3 and abs(weights.std().item() - 0.02) < 1e-3
+    assert all(m.bias is None or not m.bias.any() for m in convs)
+    gammas = torch.cat([m.weight for m in norms])
+    assert abs(gammas.mean().item() - 1) < 0.01 and abs(gammas.std().item() - 0.02) < 0.005
+    assert not torch.cat([m.bias for m in norms]).any()
+    assert net.options == GeneratorOptions("unet_256", "batch", 8, False)
+
+
+def test_build_from_a_diffusers_config_json():
+    net = registry.build("ddpm_unet", {"_class_name": "UNet2DModel", **TINY_UNET})
+    assert net.training and net(torch.zeros(1, 3, 16, 16), 5).shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("name, config, message", [
+    ("pix2pix_unet", {"netG": "resnet_9blocks"}, "pix2pix_unet config needs netG unet_128 or unet_256"),
+    ("pix2pix_resnet", {"netG": "resnet_9blocks", "ndf": 64}, "unknown pix2pix_resnet hyperparameter.*ndf"),
+    ("pix2pix_resnet", {"netG": "resnet_9blocks", "norm": "group"}, "unknown norm 'group'"),
+    ("ddpm_unet", {"block_out_channels": [8], "attention": 1}, "unknown U-Net config field.*attention"),
+    ("oldphoto_mapping", {"mc": 32}, "needs kind quality, scratch, hr"),
+    ("oldphoto_vae", {"width": 3}, "unknown oldphoto_vae hyperparameter.*width.*it takes input_nc"),
+    ("face_spade", ["ngf"], "must be a dict"),
+])
+def test_a_bad_build_config_is_a_one_line_error(name, config, message):
+    with pytest.raises(ModelError, match=message):
+        registry.build(name, config)
+
+
 def test_contradicting_override_is_one_line_error():
     net, _ = _tiny_networks()["oldphoto_mapping"]
     with pytest.raises(ModelError, match="n_blocks 3 contradicts the weights.*n_blocks 2"):

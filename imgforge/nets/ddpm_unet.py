@@ -142,8 +142,10 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, groups: int, eps: float, output_scale: float = 1.0):
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, groups: int, eps: float, output_scale: float = 1.0,
+                 dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout  # before conv2, in training only (the DDPM recipe trains with 0.1)
         self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_ch, out_ch)
@@ -156,7 +158,7 @@ class ResnetBlock(nn.Module):
         """`temb_act` is SiLU(time embedding), shared by every block."""
         h = self.conv1(norm_silu(self.norm1, x))
         h = h + self.time_emb_proj(temb_act)[:, :, None, None]
-        h = self.conv2(norm_silu(self.norm2, h))
+        h = self.conv2(F.dropout(norm_silu(self.norm2, h), self.dropout, self.training))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         out = shortcut + h
         return out if self.output_scale == 1 else out / self.output_scale
@@ -218,7 +220,8 @@ class DownBlock(nn.Module):
                 SelfAttention(out_ch, config.attention_head_dim, groups, eps) for _ in range(layers)
             )
         self.resnets = nn.ModuleList(
-            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, temb_ch, groups, eps) for i in range(layers)
+            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, temb_ch, groups, eps, dropout=config.dropout)
+            for i in range(layers)
         )
         if downsample:
             self.downsamplers = nn.ModuleList([Downsample(out_ch, config.downsample_padding)])
@@ -248,7 +251,8 @@ class UpBlock(nn.Module):
         resnets = []
         for i in range(layers):
             skip_ch = in_ch if i == layers - 1 else out_ch
-            resnets.append(ResnetBlock((prev_ch if i == 0 else out_ch) + skip_ch, out_ch, temb_ch, groups, eps))
+            resnets.append(ResnetBlock((prev_ch if i == 0 else out_ch) + skip_ch, out_ch, temb_ch, groups, eps,
+                                       dropout=config.dropout))
         self.resnets = nn.ModuleList(resnets)
         if upsample:
             self.upsamplers = nn.ModuleList([Upsample(out_ch)])
@@ -272,7 +276,8 @@ class MidBlock(nn.Module):
             self.attentions = nn.ModuleList(
                 [SelfAttention(channels, config.attention_head_dim, config.attn_norm_num_groups or groups, eps, scale)]
             )
-        self.resnets = nn.ModuleList(ResnetBlock(channels, channels, temb_ch, groups, eps, scale) for _ in range(2))
+        self.resnets = nn.ModuleList(ResnetBlock(channels, channels, temb_ch, groups, eps, scale, config.dropout)
+                                     for _ in range(2))
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb_act)
@@ -417,6 +422,14 @@ def load_unet_weights(state: dict[str, torch.Tensor], config: dict | None = None
     return load_unet(base, state, where="the U-Net weights")
 
 
+def build_unet(config: dict) -> DDPMUNet:
+    """A fresh U-Net from a diffusers config.json dict (or the Descriptor's hyperparameters), PyTorch's
+    default initialisation as diffusers' UNet2DModel has it."""
+    if not isinstance(config, dict):
+        raise ModelError(f"a ddpm_unet config must be a dict (a config.json), not {type(config).__name__}")
+    return DDPMUNet(UNetConfig.from_dict(config, where="the U-Net config"))
+
+
 def describe_unet(net: DDPMUNet) -> Descriptor:
     config = net.config
     multiple = 2 ** (len(config.block_out_channels) - 1)
@@ -443,5 +456,5 @@ def describe_unet(net: DDPMUNet) -> Descriptor:
 register(Family(
     "ddpm_unet", "ddpm_unet", "sample", "DDPM noise-prediction U-Net (diffusers UNet2DModel)",
     detect=lambda state: "conv_in.weight" in state and "time_embedding.linear_1.weight" in state,
-    load=load_unet_weights, describe=describe_unet,
+    load=load_unet_weights, describe=describe_unet, build=build_unet,
 ))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .registry import Descriptor, Export, Family, check_overrides, parameter_count, register
+from .registry import Descriptor, Export, Family, check_overrides, construct, parameter_count, register
 from .vae import load_official_weights
 
 SPADE_HIDDEN = 128  # SPADE's nhidden, fixed in the official code
@@ -198,4 +198,5 @@ def describe_face_generator(net: FaceSPADEGenerator, size: int = 256) -> Descrip
 register(Family(
     "face_spade", "face_spade", "restore", "old-photo face enhancement (SPADE generator, no parsing map)",
     detect=is_face_generator, load=load_face_weights, describe=describe_face_generator,
+    build=lambda config: construct("face_spade", FaceSPADEGenerator, config),
 ))

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .nonlocal_attention import DEFAULT_CHUNK_BYTES, ChunkCallback, PartialNonLocalBlock, PatchAttention
-from .registry import Descriptor, Export, Family, check_overrides, parameter_count, register
+from .registry import Descriptor, Export, Family, check_overrides, construct, parameter_count, register
 from .vae import ResnetBlock, load_official_weights, run_sequential
 
 LATENT_CHANNELS = 64  # the official mapping networks hard-code it (tmp_nc)
@@ -135,6 +135,15 @@ def load_mapping_weights(state_dict: dict, **overrides) -> nn.Module:
                                                              overrides))
 
 
+def build_mapping_config(config: dict) -> nn.Module:
+    """A fresh mapping network from {"kind": "quality" | "scratch" | "hr", mc, n_blocks, ...}."""
+    options = dict(config)
+    kind = options.pop("kind", None)
+    if kind not in MAPPINGS:
+        raise ModelError(f"an oldphoto_mapping config needs kind {', '.join(MAPPINGS)}, not {kind!r}")
+    return construct(f"{kind} mapping", MAPPINGS[kind], options)
+
+
 def describe_mapping(net: nn.Module) -> Descriptor:
     from .oldphoto_onnx import mapping_graph
 
@@ -173,4 +182,5 @@ def describe_mapping(net: nn.Module) -> Descriptor:
 register(Family(
     "oldphoto_mapping", "oldphoto", "restore", "old-photo latent mapping (quality, scratch or HR, from its keys)",
     detect=lambda state: mapping_kind(state) is not None, load=load_mapping_weights, describe=describe_mapping,
+    build=build_mapping_config,
 ))

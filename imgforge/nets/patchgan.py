@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .registry import Descriptor, Family, check_overrides, parameter_count, register
+from .pix2pix import official_init
+from .registry import Descriptor, Family, check_overrides, construct, parameter_count, register
 
 NORMS = ("batch", "instance", "none")
 KERNEL = 4
@@ -122,7 +123,12 @@ def describe_discriminator(net: PatchDiscriminator) -> Descriptor:
     )
 
 
+def build_discriminator(config: dict) -> PatchDiscriminator:
+    """A fresh discriminator for training from DiscriminatorOptions fields, with the official init."""
+    return official_init(PatchDiscriminator(construct("patchgan", DiscriminatorOptions, config)))
+
+
 register(Family(
     "patchgan", "patchgan", "train", "PatchGAN discriminator (pix2pix/CycleGAN netD basic, n_layers_D)",
-    detect=_detect, load=load_discriminator, describe=describe_discriminator,
+    detect=_detect, load=load_discriminator, describe=describe_discriminator, build=build_discriminator,
 ))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .registry import Descriptor, Export, Family, parameter_count, register
+from .registry import Descriptor, Export, Family, construct, parameter_count, register
 
 NETGS = ("unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
 NORMS = ("batch", "instance", "none")
@@ -436,13 +436,43 @@ def describe_generator(net: Generator, mode: str = "official") -> Descriptor:
     )
 
 
+def official_init(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """The official init_weights(net, "normal", gain) that train.py applies to every network: convolution
+    and linear weights N(0, gain), their biases 0, BatchNorm weights N(1, gain) and biases 0, in the
+    order of `net.apply` (so a seeded run draws the same numbers as the official code)."""
+
+    def init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, gain)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, gain)
+            nn.init.zeros_(module.bias)
+
+    with torch.no_grad():
+        net.apply(init)
+    return net
+
+
+def _builder(netGs: tuple[str, ...]):
+    def build(config: dict) -> Generator:
+        """A generator for training: GeneratorOptions from `config` (netG required), official init."""
+        family = f"pix2pix_{'unet' if netGs[0].startswith('unet') else 'resnet'}"
+        if config.get("netG") not in netGs:
+            raise ModelError(f"a {family} config needs netG {' or '.join(netGs)}, not {config.get('netG')!r}")
+        return official_init(build_generator(construct(family, GeneratorOptions, config)))
+
+    return build
+
+
 register(Family(
     "pix2pix_unet", "pix2pix", "translate", "pix2pix U-Net generator (unet_128, unet_256)",
     detect=lambda state: "model.model.0.weight" in state,
-    load=load_generator_weights, describe=describe_generator,
+    load=load_generator_weights, describe=describe_generator, build=_builder(tuple(_UNET_DOWNS)),
 ))
 register(Family(
     "pix2pix_resnet", "pix2pix", "translate", "CycleGAN/pix2pix ResNet generator (resnet_6blocks, resnet_9blocks)",
     detect=lambda state: "model.1.weight" in state and any(_RESNET_BLOCK.match(k) for k in state),
-    load=load_generator_weights, describe=describe_generator,
+    load=load_generator_weights, describe=describe_generator, build=_builder(tuple(_RESNET_BLOCKS)),
 ))

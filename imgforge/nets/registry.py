@@ -7,6 +7,10 @@ the module is named once in `FAMILY_MODULES` below: adding a network is one file
     net = family.load(state_dict, **overrides)       # hyperparameters read from tensor shapes; strict load
     facts = family.describe(net)                     # Descriptor: channels, size rule, precisions, exports
     net, family = load(state_dict, "pix2pix_unet")   # both at once, the family named or detected
+    fresh = build("pix2pix_unet", {"netG": "unet_256", "norm": "batch"})   # random weights, for training
+
+`build(config)` takes the dict `describe(net).hyperparameters` reports (missing keys: the family's defaults),
+so that `family.build(family.describe(net).hyperparameters)` has the same state_dict keys and shapes as `net`.
 
 `load` takes options the weights cannot tell (dropout, a DDPM config.json) and overrides of what they can;
 an override that contradicts the weights is a one-line ModelError naming it.
@@ -70,7 +74,9 @@ class Family:
     is both generators, "oldphoto" the restoration networks). `detect(state_dict)` looks at keys only;
     `load(state_dict, **overrides)` builds the module in eval mode on the CPU with the weights loaded
     strictly; `describe(module, **settings)` gives its Descriptor (settings: test-time options that change
-    what is exported, e.g. pix2pix's mode)."""
+    what is exported, e.g. pix2pix's mode); `build(config)` makes a fresh network on the CPU in training mode,
+    randomly initialised as the family's original training code initialises it, from a hyperparameter dict
+    (the Descriptor's `hyperparameters`; an unknown key or value is a ModelError)."""
 
     name: str
     arch: str
@@ -79,6 +85,7 @@ class Family:
     detect: Callable[[dict], bool]
     load: Callable[..., nn.Module]
     describe: Callable[..., Descriptor]
+    build: Callable[[dict], nn.Module]
 
 
 @dataclass
@@ -150,6 +157,24 @@ def load(state_dict: dict, arch: str | None = None, **overrides) -> tuple[nn.Mod
         what = f"{found} weights" if found else "no network imgforge knows"
         raise ModelError(f"the weights are {what}, not {arch} ({'; '.join(f.summary for f in candidates)})")
     return chosen.load(state_dict, **overrides), chosen
+
+
+def build(name: str, config: dict) -> nn.Module:
+    """A fresh, randomly initialised network of the family `name` (see Family.build)."""
+    return get_family(name).build(config)
+
+
+def construct(family: str, constructor: Callable[..., nn.Module], config: dict) -> nn.Module:
+    """`constructor(**config)`, a config key the constructor does not take being a ModelError naming it (for
+    the families' `build`)."""
+    if not isinstance(config, dict):
+        raise ModelError(f"a {family} config must be a dict of hyperparameters, not {type(config).__name__}")
+    accepted = inspect.signature(constructor).parameters
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        raise ModelError(f"unknown {family} hyperparameter(s) {', '.join(unknown)}; "
+                         f"it takes {', '.join(accepted)}")
+    return constructor(**config)
 
 
 def parameter_count(module: nn.Module) -> int:

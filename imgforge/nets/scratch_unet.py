@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Descriptor, Export, Family, check_overrides, parameter_count, register, unwrap
+from .registry import Descriptor, Export, Family, check_overrides, construct, parameter_count, register, unwrap
 from .vae import load_official_weights
 
 
@@ -164,4 +164,5 @@ register(Family(
     detect=lambda state: "first.1.weight" in unwrap(state, "model_state")
     and "down_path.0.block.1.weight" in unwrap(state, "model_state"),
     load=load_detector_weights, describe=describe_detector,
+    build=lambda config: construct("oldphoto_detector", ScratchUNet, config),
 ))

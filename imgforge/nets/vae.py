@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .registry import Descriptor, Export, Family, check_overrides, fit_config, parameter_count, register
+from .registry import Descriptor, Export, Family, check_overrides, construct, fit_config, parameter_count, register
 
 NORM_BAND_BYTES = 2**22  # instance norm reads and rewrites a map in bands of rows of about this size
 NORM_EPS = 1e-5
@@ -317,4 +317,5 @@ register(Family(
     "oldphoto_vae", "oldphoto", "restore", "old-photo VAE (GlobalGenerator_DCDCv2: encoder and decoder)",
     detect=lambda state: "encoder.1.weight" in state and any(key.startswith("decoder.") for key in state),
     load=load_vae_weights, describe=describe_vae,
+    build=lambda config: construct("oldphoto_vae", GlobalGeneratorDCDCv2, config),
 ))

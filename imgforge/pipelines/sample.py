@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -22,7 +22,7 @@ from ..batch import Job, claim_outputs, output_exists
 from ..checkpoint import load_state_dict
 from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..errors import ImgforgeError, ModelError, OutputError
-from ..imageio import read_image, write_image
+from ..imageio import read_image, write_bytes_atomically, write_image
 from ..nets import registry
 from ..nets.ddpm_unet import DDPMUNet, describe_unet
 from ..progress import console
@@ -417,6 +417,39 @@ def _folder_files(folder: Path) -> tuple[Path, Path, Path]:
             "or unet/ and scheduler/ sub-folders)"
         )
     return config, scheduler, weights
+
+
+# The Hub layout of google/ddpm-cifar10-32, which both _folder_files and diffusers' DDPMPipeline read.
+MODEL_INDEX = {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
+               "unet": ["diffusers", "UNet2DModel"]}
+
+
+def save_model(folder: str | Path, unet: DDPMUNet, scheduler_config: dict,
+               state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a diffusers DDPM folder that load_model and DDPMPipeline.from_pretrained read: config.json (the
+    U-Net's config), diffusion_pytorch_model.safetensors (`state`, by default the U-Net's own weights, under
+    the current diffusers key names, which are the module's), scheduler_config.json and model_index.json.
+    Each file is written atomically; the weights first, so a reader never pairs new configs with old weights
+    of another shape."""
+    from safetensors.torch import save as safetensors_bytes
+
+    folder = Path(folder)
+    state = unet.state_dict() if state is None else state
+    tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in state.items()}
+    config = {"_class_name": "UNet2DModel", **asdict(unet.config)}
+    files = {
+        WEIGHT_FILES[0]: safetensors_bytes(tensors, metadata={"format": "pt"}),
+        "config.json": _json_bytes(config),
+        "scheduler_config.json": _json_bytes(scheduler_config),
+        "model_index.json": _json_bytes(MODEL_INDEX),
+    }
+    for name, data in files.items():
+        write_bytes_atomically(folder / name, data)
+    return folder
+
+
+def _json_bytes(value: dict) -> bytes:
+    return (json.dumps(value, indent=2) + "\n").encode("utf-8")
 
 
 def _image_shape(sample_size: int | Sequence[int] | None, in_channels: int) -> tuple[int, int, int]:
