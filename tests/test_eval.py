@@ -118,6 +118,8 @@ def test_network_equals_pytorch_fids_blocks():
         got = net(x)
         assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
         assert torch.allclose(net.logits(got, bias=True), reference.fc(expected), atol=1e-4)
+    fresh = family.build({"dims": 64})
+    assert fresh.training and fresh.dims == 64 and fresh.state_dict().keys() == state.keys()
     without_counters = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     assert torch.equal(build_fid_inception(without_counters).Mixed_7c.branch_pool.conv.weight,
                        state["Mixed_7c.branch_pool.conv.weight"])

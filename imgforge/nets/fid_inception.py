@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Descriptor, Export, Family, check_overrides, parameter_count, register
+from .registry import Descriptor, Export, Family, check_overrides, construct, parameter_count, register
 from .vae import load_official_weights
 
 # feature width -> the last block it needs (pytorch-fid's BLOCK_INDEX_BY_DIM)
@@ -235,4 +235,5 @@ def describe_fid_inception(net: FIDInception) -> Descriptor:
 register(Family(
     "fid_inception", "fid_inception", "eval", "Inception-v3 of FID/KID/IS (TF 2015-12-05 graph, pytorch-fid's port)",
     detect=_looks_like, load=load_fid_inception, describe=describe_fid_inception,
+    build=lambda config: construct("fid_inception", FIDInception, config),
 ))
