@@ -249,7 +249,7 @@ def test_ray_statistics_equal_local(ray_address, torch_home, image_sets, tmp_pat
     with np.load(local) as a, np.load(distributed) as b:
         assert int(a["count"]) == int(b["count"]) == 11
         # the same sums; only the features differ by float32 rounding, as convolutions of other batch sizes do
-        assert np.allclose(a["mu"], b["mu"], rtol=1e-6) and np.allclose(a["sigma"], b["sigma"], rtol=1e-5, atol=1e-9)
+        assert np.allclose(a["mu"], b["mu"], rtol=1e-6) and np.allclose(a["sigma"], b["sigma"], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
