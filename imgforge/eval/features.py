@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -129,8 +129,6 @@ def decode(text: str) -> np.ndarray:
 @dataclass(frozen=True)
 class FeatureTask:
     """The engine task: one job per image, no output file; its record carries the features."""
-
-    results_in_records: ClassVar[bool] = True  # no output files: the records bring the results back
 
     options: FeatureOptions
     label: str = "inception features"

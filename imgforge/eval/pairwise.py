@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -127,7 +127,6 @@ class PairTask:
     """The engine task of `pairs`: one job per prediction (its reference in the job's options); the record
     carries the metrics."""
 
-    results_in_records: ClassVar[bool] = True
     metrics: tuple[str, ...]
     device: str = "auto"
     batch_size: int = 8
