@@ -255,6 +255,7 @@ def ddpm(
     workers: Workers = 1,
     gpus_per_worker: options.GpusPerWorker = 0.0,
     ray_address: options.RayAddress = None,
+    threads: options.Threads = None,
 ) -> None:
     """DDPM (Ho et al. 2020) on a folder of images; RUN_DIR becomes a diffusers folder of the EMA weights."""
     from ..train.api import train_ddpm
@@ -266,6 +267,6 @@ def ddpm(
         **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
                           log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
                           precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
-                          ray_address=ray_address),
+                          ray_address=ray_address, threads=threads),
     )
     report(result, json=json, quiet=quiet)

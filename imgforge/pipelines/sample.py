@@ -213,8 +213,8 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
                    *([(grid_path, "the grid")] if grid_path is not None else [])])
     if isinstance(grid_path, Path):
         output_exists(grid_path)  # a folder in the way fails now, not after the run
-    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
-    engine.check_jobs(jobs)
+    if folder is None:
+        engine.require_in_process("without -o the samples stay in memory; give -o (a folder or s3:// URL)")
     # the files now, so that a missing model fails before any worker starts; the grid needs the image size
     _, (config_path, _, _) = _model_files(model, offline, weights_dir, quiet)
     config = _read_json(config_path)
@@ -224,6 +224,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     task = SampleTask(model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing, device=device,
                       precision=precision, backend=backend, offline=offline, weights_dir=weights_dir,
                       batch_size=batch_size, quiet=quiet, keep=keep)
+    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
     report = SampleReport(grid=grid_path)
     execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet, json_lines=json,
             report=report)
