@@ -52,3 +52,9 @@ def test_toy_task_is_learnt_as_well_as_the_official_loop_learns_it(tmp_path):
     l1, identity = translate_l1(tmp_path / "run", data, tmp_path / "out")
     assert identity > 40
     assert l1 <= 20, f"translate L1 {l1:.1f} levels after 25 epochs (identity {identity:.1f})"
+
+
+def test_toy_pairs_are_the_issue_layout(tmp_path):
+    data = toy_pairs(tmp_path / "data", count=2)
+    pair = read_image(data / "train" / "0.png").pixels.astype(np.int32)
+    assert pair.shape == (128, 256, 3) and np.array_equal(pair[:, 128:], 255 - pair[:, :128])
