@@ -12,6 +12,8 @@ its own and prints its error instead of stopping the others.
   eager bf16, CUDA graphs fp32/bf16/fp16; seconds and the ratio to ~0.2 s, the bf16 arithmetic floor on an H200
 - translate: pix2pix unet_256 (official test mode: per-image statistics and dropout), batches of 16 images of
   256², images/s in fp32, bf16, fp16
+- train: one pix2pix training step (unet_256 with dropout + 70x70 PatchGAN, 256²), iterations/s at batch 1
+  and 8 in fp32, bf16 and fp16 autocast, imgforge's step and the plain eager step (benchmarks/bench_train.py)
 - restore: the scratch chain (VAE encode, mapping with the partial non-local attention over 750,000 latent
   positions, VAE decode) on a 4000x3000 photo: seconds and peak GPU memory in fp32, bf16, fp16
 """
@@ -40,8 +42,10 @@ CIFAR10_32 = {  # google/ddpm-cifar10-32 config.json (shared/notes/ddpm.md)
 }
 SAMPLE_FLOOR_SECONDS = 0.2
 # what each section runs: the real sizes on the GPU, toy ones for --smoke on the CPU
-FULL = {"device": "cuda", "images": 16, "steps": 1000, "translate_batches": 4, "photo": (3000, 4000)}
-SMOKE = {"device": "cpu", "images": 2, "steps": 3, "translate_batches": 1, "photo": (48, 64)}
+FULL = {"device": "cuda", "images": 16, "steps": 1000, "translate_batches": 4, "photo": (3000, 4000),
+        "train_batches": (1, 8), "train_iterations": 20}
+SMOKE = {"device": "cpu", "images": 2, "steps": 3, "translate_batches": 1, "photo": (48, 64),
+         "train_batches": (1,), "train_iterations": 1}
 setup = dict(FULL)
 rows: list[tuple[str, str, str]] = []  # (what, precision, result): the table printed at the end
 sections = []
@@ -118,6 +122,28 @@ def translate_figures():
         rows.append(("translate unet_256, batches of 16 at 256²", precision,
                      f"{16 * batches / seconds:.1f} images/s"))
         print(rows[-1], flush=True)
+
+
+@section
+def train_figures():
+    from bench_train import SIZE, imgforge_step, plain_step
+
+    device = torch.device(setup["device"])
+    for batch in setup["train_batches"]:
+        real = torch.rand(2, batch, 3, SIZE, SIZE, device=device) * 2 - 1
+        for precision in ("fp32", "bf16", "fp16"):
+            if precision == "fp16" and device.type == "cpu":
+                continue
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+            rates = []
+            for make in (imgforge_step, plain_step):
+                step = make(device, dtype, batch)
+                step(real[0], real[1])
+                seconds = timed(lambda: [step(real[0], real[1]) for _ in range(setup["train_iterations"])])
+                rates.append(setup["train_iterations"] / seconds)
+            rows.append((f"train pix2pix unet_256 256², batch {batch}", precision,
+                         f"{rates[0]:.2f} it/s ({rates[0] / rates[1]:.2f}x the plain step)"))
+            print(rows[-1], flush=True)
 
 
 @section

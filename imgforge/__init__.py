@@ -7,7 +7,8 @@ The public API, imported lazily so that `import imgforge` (and `imgforge --help`
     sample(model, num=..., steps=..., ...)      -> SampleReport   imgforge.pipelines.sample (a BatchReport)
     translate_image(image, ...), restore_image(picture_or_array, ...)   in-memory, one image
     load_model(name, ...)                       the loaded network(s) of a model in the zoo
-    train_pix2pix(dataroot, run_dir, ...), train_cyclegan(...)  -> TrainResult    imgforge.train.api
+    train_pix2pix(dataroot, run_dir, ...), train_cyclegan(...), train_ddpm(images, run_dir, ...)
+                                                -> TrainResult    imgforge.train.api
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _API = {
     "sample": "sample",
 }
 
-_TRAIN_API = ("train_pix2pix", "train_cyclegan")
+_TRAIN_API = ("train_pix2pix", "train_cyclegan", "train_ddpm")
 
 __all__ = ["__version__", "load_model", *_API, *_TRAIN_API]
 

@@ -117,9 +117,11 @@ def ray_address():
 ENGINE_SERVICES = {"ray": "ray_address"}
 
 
-@pytest.fixture(params=sorted(ENGINES))
+@pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.slow] if name in ENGINE_SERVICES else [])
+                        for name in sorted(ENGINES)])
 def engine_name(request) -> str:
-    """Each registered engine in turn (the contract suite runs on all of them), its service started."""
+    """Each registered engine in turn (the contract suite runs on all of them), its service started (an engine
+    with a service of its own costs seconds per run: slow)."""
     if request.param in ENGINE_SERVICES:
         request.getfixturevalue(ENGINE_SERVICES[request.param])
     return request.param

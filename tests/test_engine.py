@@ -53,6 +53,7 @@ def translate_args(photos: Path | str, weights: Path, output: Path | str) -> lis
             "--seed", "3", "--json", "-q"]
 
 
+@pytest.mark.slow
 def test_ray_sample_writes_the_local_bytes(ray_address, tmp_path, capsys, monkeypatch):
     model = write_folder(tmp_path / "ddpm")
     args = ["sample", "-m", str(model), "-n", "5", "--steps", "3", "--batch-size", "2", "--device", "cpu", "--json",
@@ -68,6 +69,7 @@ def test_ray_sample_writes_the_local_bytes(ray_address, tmp_path, capsys, monkey
     assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (2 + 2 * 10, 2 + 3 * 10, 3)
 
 
+@pytest.mark.slow
 def test_ray_restore_writes_the_local_bytes_with_the_drivers_settings(ray_address, served, restore_photos,
                                                                       tmp_path, capsys):
     """The Ray started for the session predates this test's Hub server, cache and manifest: the actors get them
@@ -84,6 +86,7 @@ def test_ray_restore_writes_the_local_bytes_with_the_drivers_settings(ray_addres
     assert len(file_bytes(tmp_path / "ray")) == 8  # four photos and their masks
 
 
+@pytest.mark.slow
 def test_an_actor_killed_mid_run_loses_nothing_and_a_rerun_finishes(ray_address, tmp_path):
     source, output = tmp_path / "in", tmp_path / "out"
     expected = inverted_images(source, 8, step=13)
@@ -210,7 +213,8 @@ def test_engine_choice_errors(photos, tmp_path, capsys, monkeypatch):
     assert main(args + ["--engine", "ray"]) == 1
     assert "--engine ray needs Ray: pip install 'imgforge[ray]'" in capsys.readouterr().err
     assert main(["sample", "--grid", str(tmp_path / "g.png"), "--engine", "ray"]) == 2
-    assert "--engine ray writes results where its workers run: give -o" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("error: --engine ray runs its workers in other processes: without -o the "
+                                       "samples stay in memory; give -o (a folder or s3:// URL)\n")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -11,6 +11,7 @@ import torch
 from imgforge.checkpoint import load_state_dict
 from imgforge.cli import main
 from imgforge.errors import ImgforgeError
+from imgforge.imageio import read_image
 from imgforge.nets.pix2pix import GeneratorOptions, build_generator
 from imgforge.train import trainer
 from imgforge.train.api import train_cyclegan, train_pix2pix
@@ -64,6 +65,8 @@ def test_pix2pix_run_folder_is_the_official_layout(tmp_path):
     fresh = build_generator(GeneratorOptions("resnet_6blocks", "batch", 4, True)).state_dict()
     saved = load_state_dict(run / "latest_net_G.pth")
     assert {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in fresh.items()}
+    grid = read_image(run / "samples" / "epoch_001.png").pixels  # 2 rows of input | output | target, 4 px apart
+    assert grid.shape == (2 * 32 + 4, 3 * 32 + 2 * 4, 3)
     options = json.loads((run / "options.json").read_text())
     assert options["method"] == "pix2pix" and options["options"]["lambda_l1"] == 100.0
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -153,3 +156,30 @@ def test_cli_bad_dataset_is_one_line_error(tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "no training images" in err and "Traceback" not in err
+
+
+# --- fine-tuning and precision ----------------------------------------------------------------------------------
+
+def test_from_a_run_folder_or_a_file_starts_from_its_weights(tmp_path):
+    data = aligned_dataset(tmp_path / "data", count=2)
+    train_pix2pix(data, tmp_path / "first", **TINY_GAN)
+    trained = load_state_dict(tmp_path / "first" / "latest_net_G.pth")
+    tuned = train_pix2pix(data, tmp_path / "tuned", **dict(TINY_GAN, lr=0.0), start_from=str(tmp_path / "first"))
+    assert tuned.step == 2
+    for name in ("G", "D"):  # lr 0: the weights stay those it started from (running statistics move on)
+        before = load_state_dict(tmp_path / "first" / f"latest_net_{name}.pth")
+        after = load_state_dict(tmp_path / "tuned" / f"latest_net_{name}.pth")
+        assert all(torch.equal(before[k], after[k]) for k in before if k.endswith(("weight", "bias"))), name
+    train_pix2pix(data, tmp_path / "file", **dict(TINY_GAN, lr=0.0),
+                  start_from=str(tmp_path / "first" / "latest_net_G.pth"))
+    from_file = load_state_dict(tmp_path / "file" / "latest_net_G.pth")
+    assert torch.equal(from_file["model.1.weight"], trained["model.1.weight"])
+    with pytest.raises(ImgforgeError, match="--ngf"):
+        train_pix2pix(data, tmp_path / "wrong", **dict(TINY_GAN, ngf=8), start_from=str(tmp_path / "first"))
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path):
+    data = aligned_dataset(tmp_path / "data", count=2)
+    result = train_pix2pix(data, tmp_path / "run", **TINY_GAN, precision="bf16")
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.losses.values())
+    assert load_state_dict(tmp_path / "run" / "latest_net_G.pth")["model.1.weight"].dtype == torch.float32

@@ -80,7 +80,7 @@ GpusPerWorker = Annotated[
 Threads = Annotated[
     Optional[int],
     typer.Option("--threads", min=1, metavar="N", show_default=False,
-                 help="torch's intra-op threads in every worker (default: all cores locally, 1 per Ray worker, "
+                 help="torch's intra-op threads in every worker (default: torch's own locally, 1 per Ray worker, "
                  "which reserves N CPUs). Outputs are byte-identical across engines at equal thread counts."),
 ]
 Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Random seed, for reproducible results.")]

@@ -45,11 +45,12 @@ Workers = Annotated[int, typer.Option("--workers", metavar="N", min=1, help="Ray
 
 
 def settings_fields(*, seed, batch_size, resume, save_every, log_every, loader_workers, json, quiet, device,
-                    precision, engine, workers, gpus_per_worker, ray_address) -> dict:
+                    precision, engine, workers, gpus_per_worker, ray_address, threads) -> dict:
     """The TrainSettings fields of the shared options, as keyword arguments of imgforge.train.api."""
     return dict(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every, log_every=log_every,
                 loader_workers=loader_workers, json=json, quiet=quiet, device=device, precision=precision,
-                engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address)
+                engine=engine, workers=workers, gpus_per_worker=gpus_per_worker or 0.0, ray_address=ray_address,
+                threads=threads)
 
 
 def report(result, *, json: bool, quiet: bool) -> None:
@@ -130,6 +131,7 @@ def pix2pix(
     workers: Workers = 1,
     gpus_per_worker: options.GpusPerWorker = 0.0,
     ray_address: options.RayAddress = None,
+    threads: options.Threads = None,
 ) -> None:
     """pix2pix on DATAROOT/train (A|B side by side), or DATAROOT/A + DATAROOT/B paired by file name."""
     from ..train.api import train_pix2pix
@@ -142,7 +144,7 @@ def pix2pix(
         **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
                           log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
                           precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
-                          ray_address=ray_address),
+                          ray_address=ray_address, threads=threads),
     )
     report(result, json=json, quiet=quiet)
 
@@ -191,6 +193,7 @@ def cyclegan(
     workers: Workers = 1,
     gpus_per_worker: options.GpusPerWorker = 0.0,
     ray_address: options.RayAddress = None,
+    threads: options.Threads = None,
 ) -> None:
     """CycleGAN on DATAROOT/trainA and DATAROOT/trainB (unpaired)."""
     from ..train.api import train_cyclegan
@@ -201,6 +204,65 @@ def cyclegan(
         pool_size=pool_size, load_size=load_size, crop_size=crop_size, preprocess=preprocess, flip=not no_flip,
         direction=direction, epochs=epochs, epochs_decay=epochs_decay, lr=lr, beta1=beta1, start_from=start_from,
         save_epoch_every=save_epoch_every,
+        **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
+                          log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
+                          precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
+                          ray_address=ray_address, threads=threads),
+    )
+    report(result, json=json, quiet=quiet)
+
+
+# --- DDPM -----------------------------------------------------------------------------------------------------
+@train_app.command("ddpm")
+def ddpm(
+    images: Annotated[Path, typer.Argument(metavar="IMAGES", show_default=False,
+                                           help="A folder of training images (read recursively).")],
+    output: RunDir,
+    model_config: Annotated[Optional[Path], typer.Option(
+        "--model-config", metavar="FILE", show_default=False,
+        help="A diffusers UNet2DModel config.json to train from scratch (default: the CIFAR-10 U-Net).")] = None,
+    start_from: Annotated[Optional[str], typer.Option(
+        "--from", metavar="MODEL|FOLDER", show_default=False,
+        help="Fine-tune a zoo model (e.g. ddpm-cifar10-32) or a diffusers folder.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(
+        "--resolution", metavar="N", min=1, show_default=False,
+        help="Images are resized and centre-cropped to N x N (default: the model's sample_size, 32).")] = None,
+    steps: Annotated[int, typer.Option("--steps", metavar="N", min=1, help="Optimisation steps.")] = 800_000,
+    lr: Annotated[float, typer.Option("--lr", metavar="X", min=0.0, help="Adam's peak learning rate.")] = 2e-4,
+    warmup: Annotated[int, typer.Option("--warmup", metavar="N", min=0,
+                                        help="Steps of linear warm-up from 0 to --lr.")] = 5000,
+    grad_clip: Annotated[float, typer.Option("--grad-clip", metavar="X", min=0.0,
+                                             help="Clip the gradient to this global norm (0: no clipping).")] = 1.0,
+    ema_decay: Annotated[float, typer.Option("--ema-decay", metavar="X", min=0.0, max=1.0,
+                                             help="Decay of the moving average that is saved and sampled.")] = 0.9999,
+    dropout: Annotated[float, typer.Option("--dropout", metavar="X", min=0.0, max=0.99,
+                                           help="Dropout in the U-Net's residual blocks.")] = 0.1,
+    no_flip: NoFlip = False,
+    sample_every: Annotated[Optional[int], typer.Option(
+        "--sample-every", metavar="N", min=1, show_default=False,
+        help="Steps between sample grids from the EMA weights (samples/; default: at the end).")] = None,
+    seed: Seed = 0,
+    batch_size: BatchSize = 128,
+    resume: Resume = False,
+    save_every: SaveEvery = 5000,
+    log_every: LogEvery = 100,
+    loader_workers: LoaderWorkers = None,
+    json: Json = False,
+    quiet: options.Quiet = False,
+    device: options.Device = "auto",
+    precision: Precision = "fp32",
+    engine: Engine = "local",
+    workers: Workers = 1,
+    gpus_per_worker: options.GpusPerWorker = 0.0,
+    ray_address: options.RayAddress = None,
+) -> None:
+    """DDPM (Ho et al. 2020) on a folder of images; RUN_DIR becomes a diffusers folder of the EMA weights."""
+    from ..train.api import train_ddpm
+
+    result = train_ddpm(
+        images, output, model_config=str(model_config) if model_config else None, from_model=start_from,
+        resolution=resolution, steps=steps, lr=lr, warmup=warmup, grad_clip=grad_clip, ema_decay=ema_decay,
+        dropout=dropout, flip=not no_flip, sample_every=sample_every,
         **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
                           log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
                           precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,

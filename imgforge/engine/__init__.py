@@ -11,7 +11,7 @@ The contract (docs/architecture.md):
   dataclass, `Engine.Settings`; e.g. Ray's address and pool size) and the intra-op thread count every worker
   applies, is started once per run (`started(task)`: networks loaded or a cluster joined, before the bar), and
   `run(task, jobs, within)` yields the records as jobs finish. An engine whose workers run in other processes
-  (`in_process = False`) cannot hand results back in memory: jobs must have output files.
+  (`in_process = False`) hands results back only through the records (JSON-able dicts).
 - `execute(task, jobs, ...)` is the same for every engine: outputs that exist are found at plan time
   (--skip-existing), records are reported on the driver (engine.report), Ctrl-C and SIGTERM end with a count of
   the outputs actually written.
@@ -91,11 +91,11 @@ class EngineOptions:
                 raise UsageError(f"{flag} is not an option of --engine {self.engine}")
         return engine.Settings(**self.settings)
 
-    def check_jobs(self, jobs: Sequence[Job]) -> None:
-        """A usage error if the chosen engine cannot run `jobs` (results kept in memory, on workers elsewhere)."""
-        if not self.engine_class().in_process and any(job.target is None for job in jobs):
-            raise UsageError(f"--engine {self.engine} writes results where its workers run: give -o (a folder or "
-                             "s3:// URL)")
+    def require_in_process(self, reason: str) -> None:
+        """A usage error, saying `reason`, if the chosen engine's workers run in other processes: for a run whose
+        results must reach this process otherwise than through the records (e.g. images kept in memory)."""
+        if not self.engine_class().in_process:
+            raise UsageError(f"--engine {self.engine} runs its workers in other processes: {reason}")
 
 
 def _flag_of(setting: str) -> str:
@@ -130,7 +130,6 @@ def execute(task: Task, jobs: Sequence[Job], *, engine: EngineOptions | str | No
     summary for the one "interrupted" line, counting the outputs written by then."""
     options = engine_options(engine)
     check_threads(threads)
-    options.check_jobs(jobs)
     runner = options.engine_class()(options.engine_settings(), threads)
     report = report if report is not None else BatchReport()
     report.engine = options.engine

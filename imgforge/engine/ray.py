@@ -62,6 +62,8 @@ class RayEngine:
     def __init__(self, settings: RaySettings, threads: int | None):
         self.settings = settings
         self._threads = threads
+        self.ray = None  # the ray module, once connected
+        self.pool: dict = {}  # ActorPoolStrategy's arguments
 
     @property
     def threads(self) -> int:

@@ -172,7 +172,7 @@ def load_checkpoint_network(path: Path) -> Network:
 def _sidecar(network: Network, export: Export, precision: str, digest: str | None, differences: list[float],
              source: object) -> dict:
     facts = network.describe()
-    recipe = getattr(import_module(f".pipelines.{network.family.task}", __package__), "deploy_recipe", None)
+    recipe = getattr(import_module(f"..pipelines.{network.family.task}", __package__), "deploy_recipe", None)
 
     def tensors(names):
         return [{"name": name, "dtype": "float32", "dynamic_axes": export.dynamic_axes.get(name, {}),

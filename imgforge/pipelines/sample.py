@@ -44,6 +44,7 @@ class DiffusionModel:
     unet: DDPMUNet
     schedule: NoiseSchedule
     source: Path | None = None  # the weights file
+    scheduler_config: dict = field(default_factory=dict)  # as read, for a fine-tuned copy's folder
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -69,9 +70,10 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
     name, (config_path, scheduler_path, weights_path) = _model_files(model, offline, weights_dir, quiet)
     unet_config = _read_json(config_path)
     _check_sample_size(unet_config.get("sample_size"), config_path)
-    schedule = NoiseSchedule.from_config(_read_json(scheduler_path), where=str(scheduler_path))
+    scheduler_config = _read_json(scheduler_path)
+    schedule = NoiseSchedule.from_config(scheduler_config, where=str(scheduler_path))
     unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
-    return DiffusionModel(name, unet, schedule, weights_path)
+    return DiffusionModel(name, unet, schedule, weights_path, scheduler_config)
 
 
 def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Network]:
@@ -214,8 +216,8 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
                    *([(grid_path, "the grid")] if grid_path is not None else [])])
     if isinstance(grid_path, Path):
         output_exists(grid_path)  # a folder in the way fails now, not after the run
-    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
-    engine.check_jobs(jobs)
+    if folder is None:
+        engine.require_in_process("without -o the samples stay in memory; give -o (a folder or s3:// URL)")
     # the files now, so that a missing model fails before any worker starts; the grid needs the image size
     _, (config_path, _, _) = _model_files(model, plan.offline, plan.weights_dir, quiet)
     config = _read_json(config_path)
@@ -224,6 +226,7 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     keep: dict[int, np.ndarray] | None = {} if folder is None else None
     task = SampleTask(plan=plan, model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing,
                       batch_size=batch_size, keep=keep)
+    jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
     report = SampleReport(grid=grid_path)
     execute(task, jobs, engine=engine, threads=plan.threads, skip_existing=skip_existing, quiet=quiet,
             json_lines=json, report=report)

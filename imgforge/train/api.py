@@ -51,3 +51,12 @@ def train_cyclegan(dataroot, run_dir, **fields) -> TrainResult:
 
     options, settings = split_options(CycleGANOptions, run_dir, fields)
     return run(CycleGANMethod, CycleGANOptions(dataroot=str(dataroot), **options), settings)
+
+
+def train_ddpm(images, run_dir, **fields) -> TrainResult:
+    """Train a DDPM (Algorithm 1, the paper's CIFAR-10 recipe) on the images under `images`, or fine-tune one
+    (from_model=), into `run_dir`, a diffusers folder of the EMA weights; see imgforge.train.ddpm.DDPMOptions."""
+    from .ddpm import DDPM, DDPMOptions
+
+    options, settings = split_options(DDPMOptions, run_dir, fields)
+    return run(DDPM, DDPMOptions(images=str(images), **options), settings)

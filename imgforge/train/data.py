@@ -4,6 +4,8 @@ with imgforge.imageio (every format it reads), preprocessed as the official data
 - `paired_dataset`: pix2pix. The official aligned layout (DATAROOT/train/*.jpg, each image A|B side by side;
   DATAROOT itself when it holds the images) or two folders DATAROOT/A and DATAROOT/B paired by file name.
 - `unpaired_dataset`: CycleGAN. DATAROOT/trainA and DATAROOT/trainB; A in the plan's order, B drawn at random.
+- `SquareImages`: DDPM. Every image under a folder, resized (shorter side) and centre-cropped to one square
+  resolution, decoded once and held as one uint8 array (the method draws flips and noise per sample).
 
 Preprocessing (`Preprocess`): resize to load_size x load_size (PIL bicubic, aspect ratio ignored), a random
 crop_size crop, a random horizontal flip, then [-1, 1]; both images of a pair get the same crop and flip.
@@ -100,21 +102,29 @@ def image_files(folder: Path) -> list[Path]:
 
 def readable(files: list[Path], what: str) -> list[Path]:
     """`files` without those that fail to decode; those are reported in one line."""
-    def failure(path: Path) -> str | None:
+    results = decode_all(files, read_image)
+    report_skipped(files, results, what)
+    return [path for path, result in zip(files, results) if not isinstance(result, str)]
+
+
+def decode_all(files: list[Path], decode) -> list:
+    """decode(path) for every file, on a few threads; the one-line error message where it fails."""
+    def attempt(path: Path):
         try:
-            read_image(path)
+            return decode(path)
         except ImgforgeError as exc:
             return str(exc)
-        return None
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        failures = list(pool.map(failure, files))
-    bad = [(path, reason) for path, reason in zip(files, failures) if reason]
+        return list(pool.map(attempt, files))
+
+
+def report_skipped(files: list[Path], results: list, what: str) -> None:
+    bad = [(path, reason) for path, reason in zip(files, results) if isinstance(reason, str)]
     if bad:
         path, reason = bad[0]
         console.print(f"skipped {len(bad)} {what} image(s) that cannot be read, e.g. {printable(path)}: "
                       f"{printable(reason)}", markup=False, highlight=False, soft_wrap=True)
-    return [path for path, reason in zip(files, failures) if not reason]
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -227,3 +237,42 @@ def unpaired_dataset(dataroot: str | os.PathLike, preprocess: Preprocess, seed: 
         if not found:
             raise ImgforgeError(f"no readable images in {folder}")
     return UnpairedImages(files[0], files[1], preprocess, seed)
+
+
+def square(path: Path, resolution: int, channels: int) -> np.ndarray:
+    """`path` resized so that its shorter side is `resolution` (PIL bicubic), centre-cropped to a square:
+    uint8 resolution x resolution x channels (3: RGB, 1: grey; alpha dropped, 16 bits rounded to 8)."""
+    image = read_image(path).to_pil("RGB" if channels == 3 else "L")
+    scale = resolution / min(image.size)
+    width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    if (width, height) != image.size:
+        image = image.resize((width, height), Image.BICUBIC)
+    left, top = (width - resolution) // 2, (height - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    return np.asarray(image, dtype=np.uint8).reshape(resolution, resolution, channels)
+
+
+class SquareImages:
+    """Every image under `folder` (recursively) at `resolution` x `resolution`, decoded once: `pixels[i]` is
+    image i (uint8 H x W x C). Images that fail to decode are left out and reported in one line."""
+
+    def __init__(self, folder: str | os.PathLike, resolution: int, channels: int = 3):
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise ImgforgeError(f"image folder not found: {printable(folder)}")
+        if resolution < 1:
+            raise ImgforgeError(f"--resolution must be at least 1, not {resolution}")
+        if channels not in (1, 3):
+            raise ImgforgeError(f"training images have 1 or 3 channels, not {channels}")
+        files = image_files(folder)
+        if not files:
+            raise ImgforgeError(f"no images under {printable(folder)} ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        results = decode_all(files, lambda path: square(path, resolution, channels))
+        report_skipped(files, results, "training")
+        self.paths = [path for path, result in zip(files, results) if not isinstance(result, str)]
+        if not self.paths:
+            raise ImgforgeError(f"none of the {len(files)} images under {printable(folder)} can be read")
+        self.pixels = np.stack([result for result in results if not isinstance(result, str)])
+
+    def __len__(self) -> int:
+        return len(self.paths)

@@ -1,46 +1,34 @@
 """What pix2pix and CycleGAN training share, as in the official models/networks.py and util/image_pool.py:
-weight initialisation, the GAN objective, the pool of generated images, the learning-rate policy, and
-building the official networks (generators through the registry's pix2pix family, the PatchGAN)."""
+fresh networks (the registry's families build them with the official init_weights(normal, 0.02)), the GAN
+objective, dropout masks, the pool of generated images and the learning-rate policy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ImgforgeError
+from ..nets import registry
 from ..nets.patchgan import DiscriminatorOptions, PatchDiscriminator
-from ..nets.pix2pix import DROPOUT_P, Generator, GeneratorOptions, build_generator
+from ..nets.pix2pix import DROPOUT_P, NETGS, Generator, GeneratorOptions
 
-INIT_GAIN = 0.02  # official init_type normal, init_gain 0.02
 GAN_MODES = ("vanilla", "lsgan")
 
 
-def init_weights(net: nn.Module, gain: float = INIT_GAIN) -> nn.Module:
-    """The official `init_weights(net, 'normal', 0.02)`: every convolution (and transposed one) N(0, gain)
-    with bias 0, every BatchNorm weight N(1, gain) with bias 0; visited in `net.apply` order, so the same seed
-    draws the same weights as the official code."""
-
-    def initialise(module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(module.weight, 0.0, gain)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.normal_(module.weight, 1.0, gain)
-            nn.init.zeros_(module.bias)
-
-    return net.apply(initialise)
-
-
 def new_generator(options: GeneratorOptions) -> Generator:
-    return init_weights(build_generator(options))
+    """A fresh generator with the official initialisation, through the registry's pix2pix families."""
+    family = "pix2pix_unet" if options.netG.startswith("unet") else "pix2pix_resnet"
+    if options.netG not in NETGS:
+        raise ImgforgeError(f"unknown --netG {options.netG!r}: use one of {', '.join(NETGS)}")
+    return registry.build(family, asdict(options))
 
 
 def new_discriminator(options: DiscriminatorOptions) -> PatchDiscriminator:
-    return init_weights(PatchDiscriminator(options))
+    """A fresh PatchGAN with the official initialisation, through the registry."""
+    return registry.build("patchgan", asdict(options))
 
 
 class GANLoss:

@@ -96,6 +96,7 @@ class TrainSettings:
     log_every: int = 100  # steps between log records (and the last step of every epoch)
     sample_every: int | None = None  # step-based methods: steps between previews (None: at the end only)
     loader_workers: int | None = None  # DataLoader worker processes (None: up to 4, by the CPU count)
+    threads: int | None = None  # torch's intra-op threads in every process (None: torch's default)
     json: bool = False  # one JSON object per logged step on stdout, instead of the progress bar
     quiet: bool = False
     engine: str = "local"  # local (this process, or torchrun's) or ray (Ray Train workers)
@@ -196,6 +197,8 @@ class TrainResult:
 def run_process(method_class: type, options: Any, settings: TrainSettings) -> TrainResult:
     """One process's part of a run (all of it when alone; under torchrun and Ray Train, each process's)."""
     _check_settings(settings)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     device = select_device(settings.device)
     dtype = select_dtype(settings.precision, device)
     processes = distributed.join(device.type)
@@ -211,8 +214,8 @@ def run_process(method_class: type, options: Any, settings: TrainSettings) -> Tr
 
 
 def _check_settings(settings: TrainSettings) -> None:
-    for name in ("batch_size", "save_every", "log_every"):
-        if getattr(settings, name) < 1:
+    for name in ("batch_size", "save_every", "log_every", "threads"):
+        if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise ImgforgeError(f"--{name.replace('_', '-')} must be at least 1")
     if settings.sample_every is not None and settings.sample_every < 1:
         raise ImgforgeError("--sample-every must be at least 1")
@@ -232,7 +235,7 @@ class _Loop:
     def run(self) -> TrainResult:
         if self.settings.resume:
             self._resume()
-        elif self.processes.is_main:
+        else:
             self._start_folder()
         log = RunLog(self.run_dir, total=self.plan.total_steps, steps_per_epoch=self.plan.steps_per_epoch,
                      epoch_based=self.plan.epoch_based, enabled=self.processes.is_main, json_lines=self.settings.json,
@@ -309,9 +312,12 @@ class _Loop:
                 "settings": settings, "processes": self.processes.world}
 
     def _start_folder(self) -> None:
+        """Every process checks (so that all stop together); rank 0 writes."""
         if state_path(self.run_dir).exists():
             raise ImgforgeError(f"{self.run_dir} already holds a training run: continue it with --resume, or "
                                 "choose another output folder")
+        if not self.processes.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "log.jsonl").unlink(missing_ok=True)
         text = json.dumps(self._options_record(), indent=1) + "\n"
@@ -355,6 +361,7 @@ class _Loop:
         self.method.write_outputs(self.run_dir, epoch=epoch, step=self.step, final=final)
         state = {
             "step": self.step,
+            "total_steps": self.plan.total_steps,
             "epoch": epoch,
             "modules": {k: cpu_state(m.state_dict()) for k, m in self.method.modules().items()},
             "optimizers": {k: cpu_state(o.state_dict()) for k, o in self.method.optimizers().items()},

@@ -50,8 +50,8 @@ def check_ddpm_step(folder: Path, config: dict) -> None:
     for k in range(config["steps"]):
         result = train(io[f"step{k}.x0"], io[f"step{k}.t"], io[f"step{k}.noise"], global_step=k)
         assert_close(f"step{k}.x_t", result["x_t"], io[f"step{k}.x_t"], 1e-6)
-        _assert_relative(f"step{k}.loss", result["loss"], io[f"step{k}.loss"].item(), tolerance["loss_rel"])
-        _assert_relative(f"step{k}.grad_norm", result["grad_norm"], io[f"step{k}.grad_norm"].item(),
+        _assert_relative(f"step{k}.loss", result["loss"].item(), io[f"step{k}.loss"].item(), tolerance["loss_rel"])
+        _assert_relative(f"step{k}.grad_norm", result["grad_norm"].item(), io[f"step{k}.grad_norm"].item(),
                          tolerance["grad_norm_rel"])
         assert abs(result["lr"] - io[f"step{k}.lr"].item()) <= 1e-12, f"step{k}.lr: {result['lr']}"
         for name, tensor in unet.state_dict().items():
