@@ -177,8 +177,8 @@ def test_the_plan_is_checked_against_each_family_policy():
     from imgforge.nets.registry import Family
     from imgforge.plan import RunPlan
 
-    torch_only = Family("t", "t", "translate", "test network", lambda s: False, None, None,
-                        RunPolicy(backends=("torch",), precisions=("fp32",)))
+    torch_only = Family("t", "t", "translate", "test network", lambda s: False, None, None, None,
+                        policy=RunPolicy(backends=("torch",), precisions=("fp32",)))
     RunPlan.resolve().check_networks([torch_only])
     with pytest.raises(UsageError, match="--backend onnx: the test network has no onnx form"):
         RunPlan.resolve(backend="onnx").check_networks([torch_only])
