@@ -66,14 +66,7 @@ def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = Fa
     for text, option in ((suffix, "--suffix"), *((side, "a side output suffix") for side in side_suffixes)):
         _check_no_separator(text, option)
     max_pixels()  # a bad IMGFORGE_MAX_PIXELS would fail every input: refuse it now
-    found: list[tuple[Path, Path]] = []  # (source, path used for naming)
-    for spec in inputs:
-        found.extend(_expand(spec, recursive))
-    named: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source as given, path used for naming)
-    for source, name in found:
-        named.setdefault(resolved(source), (source, name))
-    if not named:
-        raise InputError("no input images given")
+    named = {resolved(source): (source, name) for source, name in expand_inputs(inputs, recursive)}
 
     folder = None
     if output is not None and _names_a_file(output):
@@ -91,6 +84,18 @@ def plan_jobs(inputs: Sequence[str], output: str | None, *, recursive: bool = Fa
     claims = [(path, _owner(job, path)) for job in jobs for path in job.outputs]
     claim_outputs(claims, reads=read, folder=folder)
     return jobs
+
+
+def expand_inputs(inputs: Sequence[str], recursive: bool = False) -> list[tuple[Path, Path]]:
+    """(image, path used for naming its output) for each image the inputs name, sorted within each input,
+    inputs in the order given, duplicates dropped; InputError for an input that matches nothing."""
+    named: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source as given, path used for naming)
+    for spec in inputs:
+        for source, name in _expand(spec, recursive):
+            named.setdefault(resolved(source), (source, name))
+    if not named:
+        raise InputError("no input images given")
+    return list(named.values())
 
 
 def claim_outputs(claims: Iterable[tuple[Path, str]], *, reads: dict[Path, Path] | None = None,

@@ -24,7 +24,7 @@ else:
 from .errors import ManifestError
 
 DEFAULT_MANIFEST = Path(__file__).with_name("weights_manifest.toml")
-TASKS = ("translate", "restore", "sample")
+TASKS = ("translate", "restore", "sample", "eval")
 DIRECTIONS = ("AtoB", "BtoA")
 
 _MODEL_KEYS = {"task", "arch", "description", "license", "homepage", "config", "direction", "files"}

@@ -167,10 +167,11 @@ def test_official_checkpoints_folder_works_offline(served, photos, tmp_path, che
         target = (tmp_path if path.startswith("Face_Enhancement/") else root) / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    for folder in (root, root.parent):
-        target = tmp_path / f"fixed-{folder.name}.png"
-        # the face stage's files are looked for only in the folders given (issue 16 item 11): the repository too
-        assert main(["restore", str(photos / "camera.png"), "-o", str(target), "-q", "--offline",
-                     "--weights-dir", str(folder), "--weights-dir", str(tmp_path), "--device", "cpu"]) == 0
+    # the repository's root, or each official folder named: nothing above or beside a folder given is looked in
+    for n, folders in enumerate(([tmp_path], [root, tmp_path / "Face_Enhancement"])):
+        target = tmp_path / f"fixed-{n}.png"
+        given = [arg for folder in folders for arg in ("--weights-dir", str(folder))]
+        assert main(["restore", str(photos / "camera.png"), "-o", str(target), "-q", "--offline", *given,
+                     "--device", "cpu"]) == 0
         assert Image.open(target).size == (90, 70)
     assert served.requests == []

@@ -240,6 +240,19 @@ def test_fine_tuning_starts_from_the_given_folder(toy, tmp_path):
     assert json.loads((tmp_path / "tuned" / "scheduler_config.json").read_text()) == source.scheduler_config
 
 
+def test_cli_trains_and_sample_reads_the_run(toy, tmp_path, capsys):
+    root, _ = toy
+    run = tmp_path / "run"
+    code = main(["train", "ddpm", str(root / "images"), "-o", str(run), "--model-config", str(root / "unet.json"),
+                 "--steps", "2", "--batch-size", "4", "--warmup", "1", "--loader-workers", "0", "--json", "--quiet",
+                 "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["summary"]["step"] == 2
+    assert main(["sample", "--model", str(run), "-n", "1", "--steps", "2", "--sampler", "ddim", "-o",
+                 str(tmp_path / "drawn"), "--quiet"]) == 0
+    assert (tmp_path / "drawn" / "sample_00000.png").is_file()
+
+
 def test_bad_options_are_one_line_errors(toy, tmp_path, capsys):
     root, _ = toy
     code = main(["train", "ddpm", str(root / "images"), "-o", str(tmp_path / "r"), "--model-config",

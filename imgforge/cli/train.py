@@ -90,6 +90,10 @@ Beta1 = Annotated[float, typer.Option("--beta1", metavar="X", min=0.0, max=1.0, 
 StartFrom = Annotated[Optional[str], typer.Option(
     "--from", metavar="CHECKPOINT|MODEL", show_default=False,
     help="Fine-tune: start from a generator file, a run folder (every latest_net_*.pth) or a zoo model.")]
+Val = Annotated[Optional[Path], typer.Option(
+    "--val", metavar="VALROOT", show_default=False,
+    help="Validation images, evaluated at each epoch end into log.jsonl (pix2pix: PSNR/SSIM/L1 against the targets; "
+    "CycleGAN: FID of the translations; docs/eval.md).")]
 SaveEpochEvery = Annotated[int, typer.Option("--save-epoch-every", metavar="N", min=1,
                                              help="Epochs between {epoch}_net_*.pth snapshots.")]
 
@@ -117,6 +121,7 @@ def pix2pix(
     beta1: Beta1 = 0.5,
     start_from: StartFrom = None,
     save_epoch_every: SaveEpochEvery = 5,
+    val: Val = None,
     seed: Seed = 0,
     batch_size: BatchSize = 1,
     resume: Resume = False,
@@ -141,6 +146,7 @@ def pix2pix(
         gan_mode=gan_mode, lambda_l1=lambda_l1, load_size=load_size, crop_size=crop_size, preprocess=preprocess,
         flip=not no_flip, direction=direction, epochs=epochs, epochs_decay=epochs_decay, lr=lr, beta1=beta1,
         start_from=start_from, save_epoch_every=save_epoch_every,
+        val=None if val is None else str(val),
         **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
                           log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
                           precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
@@ -179,6 +185,7 @@ def cyclegan(
     beta1: Beta1 = 0.5,
     start_from: StartFrom = None,
     save_epoch_every: SaveEpochEvery = 5,
+    val: Val = None,
     seed: Seed = 0,
     batch_size: BatchSize = 1,
     resume: Resume = False,
@@ -203,7 +210,7 @@ def cyclegan(
         gan_mode=gan_mode, lambda_a=lambda_a, lambda_b=lambda_b, lambda_identity=lambda_identity,
         pool_size=pool_size, load_size=load_size, crop_size=crop_size, preprocess=preprocess, flip=not no_flip,
         direction=direction, epochs=epochs, epochs_decay=epochs_decay, lr=lr, beta1=beta1, start_from=start_from,
-        save_epoch_every=save_epoch_every,
+        save_epoch_every=save_epoch_every, val=None if val is None else str(val),
         **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
                           log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
                           precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
@@ -255,6 +262,7 @@ def ddpm(
     workers: Workers = 1,
     gpus_per_worker: options.GpusPerWorker = 0.0,
     ray_address: options.RayAddress = None,
+    threads: options.Threads = None,
 ) -> None:
     """DDPM (Ho et al. 2020) on a folder of images; RUN_DIR becomes a diffusers folder of the EMA weights."""
     from ..train.api import train_ddpm
@@ -266,6 +274,6 @@ def ddpm(
         **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
                           log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
                           precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
-                          ray_address=ray_address),
+                          ray_address=ray_address, threads=threads),
     )
     report(result, json=json, quiet=quiet)

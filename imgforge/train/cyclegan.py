@@ -28,7 +28,7 @@ from ..pipelines.translate import tensor_to_uint8
 from . import data
 from .gan import GANLoss, ImagePool, Schedule, adam, dropout_masks, new_discriminator, new_generator, set_requires_grad
 from .outputs import load_start_weights, write_networks
-from .pix2pix import PREVIEW_IMAGES, step_helpers, translate_for_preview
+from .pix2pix import PREVIEW_IMAGES, step_helpers, translate_for_preview, translate_in_chunks
 from .trainer import Context, Length, Method
 
 
@@ -58,6 +58,7 @@ class CycleGANOptions:
     lr: float = 0.0002
     beta1: float = 0.5
     start_from: str | None = None
+    val: str | None = None  # --val: FID of the translated validation images at each epoch end
     save_epoch_every: int = 5
 
 
@@ -124,6 +125,7 @@ class CycleGANMethod(Method):
     def __init__(self, options: CycleGANOptions, context: Context):
         self.options, self.context = options, context
         self.dataset = data.unpaired_dataset(options.dataroot, data.Preprocess.of(options), context.seed)
+        self.val_sets = None  # --val: images and reference statistics, read at the first evaluation
         if options.direction == "BtoA":
             self.dataset.files_A, self.dataset.files_B = self.dataset.files_B, self.dataset.files_A
         self.length = Length(epochs=options.epochs + options.epochs_decay)
@@ -174,6 +176,22 @@ class CycleGANMethod(Method):
     def write_outputs(self, run_dir: Path, *, epoch: int | None, step: int, final: bool) -> None:
         snapshot = epoch is not None and (final or epoch % self.options.save_epoch_every == 0)
         write_networks(run_dir, self.modules(), epoch if snapshot else None)
+
+    def evaluate(self, *, epoch: int | None, step: int) -> dict[str, float]:
+        """--val: FID of G_A(val A) against the val B images, and of G_B(val B) against the val A images."""
+        if not self.options.val:
+            return {}
+        from ..eval.validation import SetFID
+
+        if self.val_sets is None:
+            images_A, images_B = data.unpaired_validation(self.options.val, data.Preprocess.test_time(self.options))
+            fid_to_B = SetFID([tensor_to_uint8(images_B)], device=str(self.context.device))
+            fid_to_A = SetFID([tensor_to_uint8(images_A)], extractor=fid_to_B.extractor)
+            self.val_sets = (images_A, images_B, fid_to_B, fid_to_A)
+        images_A, images_B, fid_to_B, fid_to_A = self.val_sets
+        device = self.context.device
+        return {"val_fid_A2B": fid_to_B([tensor_to_uint8(translate_in_chunks(self.nets["G_A"], images_A, device))]),
+                "val_fid_B2A": fid_to_A([tensor_to_uint8(translate_in_chunks(self.nets["G_B"], images_B, device))])}
 
     def preview(self) -> list[list[np.ndarray]]:
         """Rows of A | G_A(A) | B | G_B(B) for fixed training images."""

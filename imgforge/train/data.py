@@ -54,6 +54,11 @@ class Preprocess:
     def of(cls, options) -> "Preprocess":
         return cls(options.load_size, options.crop_size, options.preprocess, options.flip)
 
+    @classmethod
+    def test_time(cls, options) -> "Preprocess":
+        """The official test options (validation): loaded at the crop size, never flipped."""
+        return cls(options.crop_size, options.crop_size, options.preprocess, False)
+
     def draw(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, bool]:
         """The official get_params: the crop's corner (in the resized image) and the flip."""
         new_w, new_h = width, height
@@ -276,3 +281,29 @@ class SquareImages:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+def validation_root(root: str | os.PathLike, name: str) -> Path:
+    """ROOT/<name> (e.g. val/) when there is one, else ROOT itself."""
+    root = Path(root)
+    return root / name if (root / name).is_dir() else root
+
+
+def unpaired_validation(root: str | os.PathLike, preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """CycleGAN validation images, ROOT/valA + valB or ROOT/testA + testB, as two stacks in [-1, 1]."""
+    root = Path(root)
+    for first, second in (("valA", "valB"), ("testA", "testB")):
+        if (root / first).is_dir() and (root / second).is_dir():
+            stacks = []
+            for folder in (root / first, root / second):
+                files = readable(image_files(folder), folder.name)
+                if len(files) < 2:
+                    raise ImgforgeError(f"--val needs at least 2 readable images in {folder}")
+                stacks.append(torch.stack([_test_image(path, preprocess) for path in files]))
+            return stacks[0], stacks[1]
+    raise ImgforgeError(f"--val {root}: CycleGAN validation needs the folders valA/ and valB/ (or testA/ and testB/)")
+
+
+def _test_image(path: Path, preprocess: Preprocess) -> torch.Tensor:
+    image = load_rgb(path)
+    return preprocess.apply(image, preprocess.draw(image.width, image.height, preview_rng(0)))

@@ -55,6 +55,7 @@ class Pix2PixOptions:
     beta1: float = 0.5
     start_from: str | None = None  # --from: a generator file, a run folder or a zoo model
     save_epoch_every: int = 5
+    val: str | None = None  # --val: validation pairs compared with their targets at each epoch end
 
 
 class Pix2PixStep:
@@ -124,6 +125,7 @@ class Pix2PixMethod(Method):
         self.optimizer_D = adam(self.D.parameters(), options.lr, options.beta1)
         schedule = Schedule(options.epochs, options.epochs_decay)
         self.scheduler_G, self.scheduler_D = schedule.scheduler(self.optimizer_G), schedule.scheduler(self.optimizer_D)
+        self.val_pairs = None  # (inputs, targets) of --val, read at the first evaluation
         self.train_step = Pix2PixStep(G, D, self.D, self.optimizer_G, self.optimizer_D, gan_mode=options.gan_mode,
                                       lambda_l1=options.lambda_l1, context=context, generator=self.G)
 
@@ -155,6 +157,27 @@ class Pix2PixMethod(Method):
             fake = translate_for_preview(self.G, item["A"].unsqueeze(0).to(self.context.device))
             rows.append([tensor_to_uint8(t)[0] for t in (item["A"].unsqueeze(0), fake, item["B"].unsqueeze(0))])
         return rows
+
+    def evaluate(self, *, epoch: int | None, step: int) -> dict[str, float]:
+        """--val: PSNR, SSIM and L1 of the validation inputs translated as `imgforge translate` does."""
+        if not self.options.val:
+            return {}
+        from ..eval.validation import paired_metrics
+
+        if self.val_pairs is None:
+            dataset = data.paired_dataset(data.validation_root(self.options.val, "val"),
+                                          data.Preprocess.test_time(self.options), self.options.direction)
+            items = [dataset.preview_item(index) for index in range(len(dataset))]
+            self.val_pairs = (torch.stack([i["A"] for i in items]), tensor_to_uint8(torch.stack([i["B"] for i in items])))
+        outputs = translate_in_chunks(self.G, self.val_pairs[0], self.context.device)
+        return paired_metrics(list(tensor_to_uint8(outputs)), list(self.val_pairs[1]))
+
+
+@torch.no_grad()
+def translate_in_chunks(generator: Generator, images: torch.Tensor, device, chunk: int = 16) -> torch.Tensor:
+    """translate_for_preview over a stack of images, `chunk` at a time."""
+    return torch.cat([translate_for_preview(generator, images[start:start + chunk].to(device))
+                      for start in range(0, len(images), chunk)])
 
 
 @torch.no_grad()

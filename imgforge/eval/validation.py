@@ -1,0 +1,66 @@
+"""Metrics during training (the trainers' `evaluate` hook): the functions of imgforge.eval on images held in
+memory, with the networks and reference statistics loaded once per run.
+
+- `PairedValidation`: pix2pix `--val DATAROOT`: each validation input translated by the current generator and
+  compared with its target (PSNR, SSIM, L1).
+- `SetFID`: CycleGAN `--val DATAROOT` (translated validation images against the other domain's) and DDPM
+  `--fid-every N --fid-ref STATS.npz` (samples against reference statistics).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .features import FeatureOptions, InceptionFeatures
+from .pairwise import compare
+from .statistics import GaussianStatistics, frechet_distance
+
+PAIR_METRICS = ("psnr", "ssim", "l1")
+
+
+def paired_metrics(outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], device: str = "cpu") -> dict:
+    """Mean PSNR, SSIM and L1 of uint8 H x W x 3 outputs against their targets, named val_psnr, ..."""
+    means = compare(outputs, targets, metrics=PAIR_METRICS, device=device)
+    return {f"val_{name}": value for name, value in means.items()}
+
+
+class SetFID:
+    """The FID of image batches against a reference: a statistics .npz, or images (statistics computed once).
+    The Inception network is loaded on first use and kept."""
+
+    def __init__(self, reference: str | Path | Iterable[np.ndarray], *, device: str = "auto", batch_size: int = 50,
+                 offline: bool | None = None, weights_dir=None, extractor: InceptionFeatures | None = None):
+        self.reference, self.statistics = reference, None
+        self.options = FeatureOptions(device=device, batch_size=batch_size, offline=offline, quiet=True,
+                                      weights_dir=None if weights_dir is None else tuple(map(str, weights_dir)))
+        self._extractor = extractor  # shared between SetFIDs of one run: one network loaded
+
+    @property
+    def extractor(self) -> InceptionFeatures:
+        if self._extractor is None:
+            self._extractor = InceptionFeatures(self.options)
+        return self._extractor
+
+    def reference_statistics(self) -> GaussianStatistics:
+        if self.statistics is None:
+            if isinstance(self.reference, (str, Path)):
+                self.statistics = GaussianStatistics.load(self.reference)
+            else:
+                self.statistics = GaussianStatistics.of(self.extractor.statistics(self.reference))
+        return self.statistics
+
+    def __call__(self, batches: Iterable[np.ndarray]) -> float:
+        reference = self.reference_statistics()
+        return frechet_distance(GaussianStatistics.of(self.extractor.statistics(batches)), reference)
+
+
+def in_batches(make: Callable[[int], np.ndarray], total: int, batch: int) -> Iterable[np.ndarray]:
+    """make(n) -> n images, called until `total` images were made (a sampler's output, batch by batch)."""
+    made = 0
+    while made < total:
+        count = min(batch, total - made)
+        yield make(count)
+        made += count
