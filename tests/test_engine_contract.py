@@ -31,7 +31,7 @@ from test_translate_cli import save_image, write_checkpoint
 ENGINE_SETTINGS = {"ray": {"workers": 1}}
 
 
-def engine_options(name: str) -> EngineOptions:
+def options_for(name: str) -> EngineOptions:
     return EngineOptions(name, ENGINE_SETTINGS.get(name, {}))
 
 
@@ -107,7 +107,7 @@ def test_side_outputs_failures_and_object_storage(engine_name, s3_server, tmp_pa
         location(f"{bucket}/scans/{path.name}").write_bytes(path.read_bytes())
     location(f"{bucket}/scans/broken.png").write_bytes(b"not an image")
     jobs = plan_jobs([f"{bucket}/scans"], f"{bucket}/out", side_suffixes=["_as_given.png"])
-    report = execute(InvertTask(seconds_per_image=0), jobs, engine=engine_options(engine_name), quiet=True)
+    report = execute(InvertTask(seconds_per_image=0), jobs, engine=options_for(engine_name), quiet=True)
     assert report.done == 3 and report.engine == engine_name
     assert [(str(path), reason) for path, reason in report.failed] == [
         (f"{bucket}/scans/broken.png", f"cannot read {bucket}/scans/broken.png: not an image (or a format Pillow "
@@ -124,7 +124,7 @@ def test_skip_existing_is_decided_at_plan_time(engine_name, tmp_path):
     output.mkdir()
     (output / "img01.png").write_bytes(b"kept as it is")
     report = execute(InvertTask(seconds_per_image=0), plan_jobs([str(source)], str(output)),
-                     engine=engine_options(engine_name), skip_existing=True, quiet=True)
+                     engine=options_for(engine_name), skip_existing=True, quiet=True)
     statuses = {Path(r["input"]).name: r["status"] for r in report.records}
     assert statuses == {"img00.png": "done", "img01.png": "skipped", "img02.png": "done"}
     assert (output / "img01.png").read_bytes() == b"kept as it is"
