@@ -164,7 +164,7 @@ def train_ddpm_figures():
 @section
 def restore_figures():
     from bench_restore import make_inputs
-    from imgforge import runtime
+    from imgforge.device import DTYPES, on_device
     from imgforge.nets.mapping import build_mapping
     from imgforge.nets.vae import build_vae
 
@@ -175,13 +175,13 @@ def restore_figures():
         if precision == "fp16" and device.type == "cpu":
             continue
         torch.manual_seed(1)
-        nets = [runtime.place(net, device, runtime.PRECISIONS[precision])
+        nets = [on_device(net, device, DTYPES[precision], torch.channels_last)
                 for net in (build_vae(), build_mapping("scratch"), build_vae())]
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
-            x, m = image.to(device, runtime.PRECISIONS[precision]), mask.to(device)
+            x, m = image.to(device, DTYPES[precision]), mask.to(device)
             out = []
             seconds = timed(lambda: out.append(nets[2].decode(nets[1](nets[0].encode(x), m)).float()))
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
