@@ -182,7 +182,8 @@ def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_
     import numpy as np
     from PIL import Image
 
-    from imgforge.pipelines.restore import Restorer, Settings, _picture_from_array
+    from imgforge.imageio import Picture
+    from imgforge.pipelines.restore import Restorer, Settings
     from imgforge.plan import RunPlan
 
     height, width = parse_size(size)
@@ -193,7 +194,7 @@ def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_
     restorer = Restorer(settings, plan)
     before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = clock(clock_kind)
-    restorer.run(_picture_from_array(photo))
+    restorer.run(Picture.from_array(photo))
     return {"seconds": clock(clock_kind) - start, "before_gb": before_gb}
 
 

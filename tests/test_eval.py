@@ -87,6 +87,7 @@ def test_stats_files_are_pytorch_fids_both_ways(torch_home, image_sets, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # pytorch-fid's sqrtm of a 2048² matrix: a minute alone, far more on a shared machine
 def test_fid_2048_equals_pytorch_fid(torch_home, image_sets, capsys):
     """pool3, the FID everyone reports (pytorch-fid's scipy sqrtm of a 2048² matrix is the slow part)."""
     real, fake = image_sets

@@ -19,6 +19,7 @@ from imgforge.cli import main
 from imgforge.errors import WeightsUnavailable
 from imgforge.faces import align
 from imgforge.faces.detect import DlibDetector, YuNetDetector
+from imgforge.imageio import Picture
 from imgforge.pipelines import restore as pipeline
 from imgforge.pipelines.faces import FaceEnhancer, fetch_face_file
 from imgforge.plan import RunPlan
@@ -187,6 +188,18 @@ def test_face_stage_runs_the_generator_through_onnx_too(weights_dir):
     assert len(torch_faces) == len(onnx_faces) == 1
     assert np.abs(torch_faces[0].enhanced.astype(int) - onnx_faces[0].enhanced).max() <= 1
     assert np.abs(torch_image.astype(int) - onnx_image).max() <= 2
+
+
+def test_the_face_stage_reports_its_faces_as_progress(weights_dir):
+    from imgforge.progress import listening_within_item
+
+    restorer = pipeline.Restorer(pipeline.Settings(faces_only=True),
+                                 RunPlan.resolve(device="cpu", weights_dir=weights_dir, quiet=True))
+    assert restorer.networks == [] and restorer.run_network == {} and restorer.provider == "torch:cpu"
+    reports = []
+    with listening_within_item(lambda fraction, stage: reports.append((fraction, stage))):
+        restorer.run(Picture.from_array(data.astronaut()[::2, ::2]))
+    assert reports == [(0.0, "enhancing faces"), (1.0, "enhancing faces 1/1")]
 
 
 def test_models_list_shows_the_dlib_model_is_not_for_commercial_use(capfd):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms
 
 from imgforge.errors import ImgforgeError, InputError
+from imgforge.imageio import Picture, binary_mask
 from imgforge.nets.face_spade import build_face_generator
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.scratch_unet import build_scratch_detector
@@ -218,11 +219,11 @@ def test_stretch_of_a_flat_image_does_not_divide_by_zero():
 
 def test_mask_array_reads_white_as_scratch():
     grey = np.array([[0, 127], [128, 255]], np.uint8)
-    assert pipeline.mask_array(grey).tolist() == [[False, False], [True, True]]
-    assert pipeline.mask_array(np.array([[0.2, 0.7]])).tolist() == [[False, True]]
+    assert binary_mask(grey).tolist() == [[False, False], [True, True]]
+    assert binary_mask(np.array([[0.2, 0.7]])).tolist() == [[False, True]]
     rgb = np.zeros((2, 2, 3), np.uint8)
     rgb[0, 0] = 255
-    assert pipeline.mask_array(rgb).tolist() == [[True, False], [False, False]]
+    assert binary_mask(rgb).tolist() == [[True, False], [False, False]]
 
 
 def test_settings_refuse_scratch_options_without_scratches():
@@ -266,7 +267,7 @@ def test_scratches_are_painted_white_before_encoding(weights_dir, monkeypatch):
     restorer = pipeline.Restorer(pipeline.Settings(), _plan(weights_dir))
     seen = []
     encode = restorer.run_network["vae_a"]
-    monkeypatch.setitem(restorer.run_network, "vae_a", lambda x: seen.append(x.clone()) or encode(x))
+    monkeypatch.setitem(restorer.run_network, "vae_a", lambda x, **options: seen.append(x.clone()) or encode(x))
     image = scratched_photo(64, 64)
     mask = np.zeros((64, 64), bool)
     mask[10:20, 5:50] = True
@@ -339,7 +340,7 @@ def test_onnx_backend_restores_like_torch(weights_dir, tmp_path, monkeypatch, sc
     torch_run = pipeline.Restorer(settings, _plan(weights_dir))
     onnx_run = pipeline.Restorer(settings, _plan(weights_dir, backend="onnx"))
     assert onnx_run.provider == "onnxruntime:CPUExecutionProvider" and torch_run.provider == "torch:cpu"
-    picture = pipeline._picture_from_array(photo)
+    picture = Picture.from_array(photo)
     expected, actual = torch_run.run(picture), onnx_run.run(picture)
     if scratches:
         assert np.array_equal(actual.mask, expected.mask)
@@ -372,7 +373,7 @@ def test_reduced_precision_runs_networks_as_their_families_declare_on_copies(wei
     assert all(next(network.module.parameters()).dtype == torch.float32 for network in restorer.networks)
 
 
-def test_progress_within_a_photo_follows_stages_and_attention_chunks(weights_dir, monkeypatch):
+def test_progress_within_a_photo_is_monotone_and_reaches_every_stage(weights_dir, monkeypatch):
     from imgforge.nets import nonlocal_attention
     from imgforge.progress import listening_within_item
 
@@ -380,12 +381,26 @@ def test_progress_within_a_photo_follows_stages_and_attention_chunks(weights_dir
     restorer = pipeline.Restorer(pipeline.Settings(), _plan(weights_dir))
     reports = []
     with listening_within_item(lambda fraction, stage: reports.append((fraction, stage))):
-        restorer.run(pipeline._picture_from_array(scratched_photo(96, 128)))
+        restorer.run(Picture.from_array(scratched_photo(96, 128)))
     stages = [stage for _, stage in reports]
-    assert stages == ["detecting scratches", "encoding", "mapping", "mapping 1/4", "mapping 2/4", "mapping 3/4",
-                      "mapping 4/4", "decoding"]
+    begun = [stage for i, stage in enumerate(stages) if i == 0 or stage != stages[i - 1]]
+    assert begun == ["detecting scratches", "encoding", "mapping", "mapping 1/4", "mapping 2/4", "mapping 3/4",
+                     "mapping 4/4", "mapping", "decoding", "enhancing faces"]  # mapping: convolutions, attention
+    decoding = [fraction for fraction, stage in reports if stage == "decoding"]
+    assert len(decoding) > 3 and decoding[-1] > decoding[0]  # the decoder reports as its layers finish
     fractions = [fraction for fraction, _ in reports]
     assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] < 1
+
+
+def test_stage_shares_follow_the_measured_seconds():
+    progress = pipeline.photo_progress(pipeline.Settings(faces=False), 512, 512)
+    seconds = {"detecting scratches": pipeline.STAGE_SECONDS["detecting scratches"],
+               "encoding": pipeline.STAGE_SECONDS["encoding"],
+               "mapping": sum(pipeline.MAPPING_SECONDS["scratch"].values()),
+               "decoding": pipeline.STAGE_SECONDS["decoding"]}
+    assert progress.shares == pytest.approx({stage: value / sum(seconds.values()) for stage, value in seconds.items()})
+    larger = pipeline.photo_progress(pipeline.Settings(faces=False), 1024, 1024)
+    assert larger.shares["mapping"] > progress.shares["mapping"]  # the attention grows with the area squared
 
 
 def test_export_of_a_restore_model_writes_its_four_graphs(weights_dir, tmp_path, monkeypatch):

@@ -178,7 +178,7 @@ def test_the_plan_is_checked_against_each_family_policy():
     from imgforge.plan import RunPlan
 
     torch_only = Family("t", "t", "translate", "test network", lambda s: False, None, None, None,
-                        RunPolicy(backends=("torch",), precisions=("fp32",)))
+                        policy=RunPolicy(backends=("torch",), precisions=("fp32",)))
     RunPlan.resolve().check_networks([torch_only])
     with pytest.raises(UsageError, match="--backend onnx: the test network has no onnx form"):
         RunPlan.resolve(backend="onnx").check_networks([torch_only])
@@ -194,3 +194,16 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch):
     monkeypatch.setattr(devices, "cpu_bf16_support", lambda: "AMX")
     assert devices.select_dtype("auto", cpu) == torch.bfloat16
     assert devices.cpu_bf16_note("bf16", cpu) == "" and devices.cpu_bf16_note("fp32", cpu) == ""
+
+
+def test_a_worker_says_in_one_line_what_bf16_costs_on_a_cpu_without_it(monkeypatch, capfd):
+    from imgforge.plan import RunPlan
+
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: "")
+    runtime.announce(RunPlan.resolve(device="cpu", precision="bf16"), torch.device("cpu"), "torch:cpu")
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("note: this CPU has neither AMX nor AVX512-BF16") and len(err.splitlines()) == 1
+    runtime.announce(RunPlan.resolve(device="cpu", precision="bf16", quiet=True), torch.device("cpu"), "torch:cpu")
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: "AMX")
+    runtime.announce(RunPlan.resolve(device="cpu", precision="bf16"), torch.device("cpu"), "torch:cpu")
+    assert capfd.readouterr().err == ""

@@ -3,14 +3,14 @@ memory, with the networks and reference statistics loaded once per run.
 
 - `PairedValidation`: pix2pix `--val DATAROOT`: each validation input translated by the current generator and
   compared with its target (PSNR, SSIM, L1).
-- `SetFID`: CycleGAN `--val DATAROOT` (translated validation images against the other domain's) and DDPM
-  `--fid-every N --fid-ref STATS.npz` (samples against reference statistics).
+- `SetFID`: CycleGAN `--val DATAROOT` (translated validation images against the other domain's); any image
+  batches against a statistics file (what a DDPM `--fid-every` hook would score).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -56,11 +56,3 @@ class SetFID:
         reference = self.reference_statistics()
         return frechet_distance(GaussianStatistics.of(self.extractor.statistics(batches)), reference)
 
-
-def in_batches(make: Callable[[int], np.ndarray], total: int, batch: int) -> Iterable[np.ndarray]:
-    """make(n) -> n images, called until `total` images were made (a sampler's output, batch by batch)."""
-    made = 0
-    while made < total:
-        count = min(batch, total - made)
-        yield make(count)
-        made += count

@@ -10,6 +10,8 @@ A leaf among the nets: it imports no other network module.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -137,13 +139,17 @@ class ResnetBlock(nn.Module):
         return h.add_(x)
 
 
-def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def run_sequential(layers: nn.Sequential, x: torch.Tensor,
+                   on_progress: Callable[[float], None] | None = None) -> torch.Tensor:
     """Run a Sequential of reflection pads, convs, InstanceNorm2d, ReLU, ResnetBlock and Tanh layers as
     written, channels-last, with padding folded into banded convs, and norm (with the ReLU after it) and
-    activations in place (fewer full-size maps, fewer passes over them)."""
+    activations in place (fewer full-size maps, fewer passes over them). `on_progress(fraction)`, if given,
+    is called after each layer with the share of the multiply-adds done (a decoder's last layers, at full
+    size, are most of its time)."""
     x = x.contiguous(memory_format=torch.channels_last)
     reflect = 0
     layers = list(layers)
+    work = layer_work(layers, x.shape[1:]) if on_progress is not None else []
     for i, layer in enumerate(layers):
         if isinstance(layer, nn.ReflectionPad2d):
             reflect = layer.padding[0]
@@ -162,7 +168,35 @@ def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             x = x.tanh_()
         else:
             x = layer(x)
+        if on_progress is not None and work[i]:
+            on_progress(sum(work[:i + 1]) / sum(work))
     return x
+
+
+def layer_work(layers: list[nn.Module], shape: tuple[int, int, int]) -> list[float]:
+    """Multiply-adds of each layer of a run_sequential chain on a (C, H, W) input; 0 for the layers that do
+    none (pads, norms, activations: a few passes over a map, small beside a convolution's)."""
+    _, height, width = shape
+    reflect, work = 0, []
+    for layer in layers:
+        cost = 0.0
+        if isinstance(layer, nn.ReflectionPad2d):
+            reflect = layer.padding[0]
+        elif isinstance(layer, nn.Conv2d):
+            k, s, pad = layer.kernel_size[0], layer.stride[0], reflect or layer.padding[0]
+            height, width = (height + 2 * pad - k) // s + 1, (width + 2 * pad - k) // s + 1
+            cost = height * width * layer.in_channels * layer.out_channels * k * k
+            reflect = 0
+        elif isinstance(layer, nn.ConvTranspose2d):
+            k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+            cost = height * width * layer.in_channels * layer.out_channels * k * k
+            extra = layer.output_padding[0]
+            height, width = (height - 1) * s - 2 * p + k + extra, (width - 1) * s - 2 * p + k + extra
+        elif isinstance(layer, ResnetBlock):
+            conv = layer.conv_block[1]
+            cost = 2 * height * width * conv.in_channels * conv.out_channels * 9
+        work.append(float(cost))
+    return work
 
 
 def load_official_weights(net: nn.Module, state_dict: dict, what: str) -> None:

@@ -8,6 +8,8 @@ oldphoto_blocks.py.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -72,11 +74,13 @@ class GlobalGeneratorDCDCv2(nn.Module):
         dec += [nn.ReflectionPad2d(3), nn.Conv2d(width(1), output_nc, kernel_size=7), nn.Tanh()]
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return run_sequential(self.encoder, x)
+    def encode(self, x: torch.Tensor, on_progress: Callable[[float], None] | None = None) -> torch.Tensor:
+        """`on_progress(fraction)`: called after each layer (see run_sequential)."""
+        return run_sequential(self.encoder, x, on_progress)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return run_sequential(self.decoder, z)
+    def decode(self, z: torch.Tensor, on_progress: Callable[[float], None] | None = None) -> torch.Tensor:
+        """`on_progress(fraction)`: called after each layer (see run_sequential)."""
+        return run_sequential(self.decoder, z, on_progress)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

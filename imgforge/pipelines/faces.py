@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -75,8 +76,11 @@ class FaceEnhancer:
         self.generator = runtime.make_runner(generator, backend=plan.backend, device=device, dtype=plan.dtype(device),
                                              export=export, memory_format=self.memory_format, policy=family.policy)
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceCrop]]:
-        """(the photo with its faces enhanced, uint8 H x W x 3; the faces in detection order)."""
+    def __call__(self, image: np.ndarray,
+                 on_progress: Callable[[float, str], None] | None = None) -> tuple[np.ndarray, list[FaceCrop]]:
+        """(the photo with its faces enhanced, uint8 H x W x 3; the faces in detection order).
+        `on_progress(fraction, detail)`: called after each batch of faces (the generator is nearly all the
+        stage's time)."""
         placed, aligned = [], []
         for face in self.detector.detect(image):
             result = align.align(image, face.points5, self.size)
@@ -91,6 +95,8 @@ class FaceEnhancer:
             if self.memory_format is not None:
                 faces = faces.contiguous(memory_format=self.memory_format)
             enhanced.extend(to_uint8(self.generator(faces)))
+            if on_progress is not None:
+                on_progress(len(enhanced) / len(aligned), f"{len(enhanced)}/{len(aligned)}")
         blended = align.blend(image, list(zip(placed, enhanced)), self.size)
         return blended, [FaceCrop(a, e) for a, e in zip(aligned, enhanced)]
 

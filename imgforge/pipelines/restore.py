@@ -18,6 +18,7 @@ computation runs as a sequence of stages over one in-memory `Work` item (docs/re
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import hub, imageio, manifest, runtime
-from ..batch import IMAGE_EXTENSIONS, Job, plan_jobs
+from ..batch import Job, pair_inputs, paired_files, plan_jobs
 from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, InputError, RunWideError
@@ -38,7 +39,7 @@ from ..imageio import Picture
 from ..nets import registry
 from ..nets.mapping import mapping_kind
 from ..plan import RunPlan
-from ..progress import console, report_within_item
+from ..progress import StagedProgress, console
 from ..storage import location
 from .faces import FaceCrop, FaceEnhancer
 
@@ -52,14 +53,16 @@ MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
 MASK_OUTPUT = "_mask.png"  # --save-mask: <output stem>_mask.png beside each output
 # --save-faces: the aligned and the enhanced faces, side by side in detection order, beside each output
 FACE_OUTPUTS = ("_faces_aligned.png", "_faces_enhanced.png")
-# Nominal work (FLOP) of the official networks, which weighs each step in a photo's progress: per detector
-# input pixel, per image pixel of one VAE pass, per latent position of the mapping's convolutions (and of
-# those before its attention), per pair of latent positions of the scratch attention.
-DETECTOR_WORK = 2.2e6
-VAE_WORK = 9.7e4
-MAPPING_WORK = {"quality": 7.2e7, "scratch": 1.03e8, "hr": 1.5e8}
-BEFORE_ATTENTION_WORK = {"scratch": 7.8e6, "hr": 2.7e7}
-ATTENTION_WORK = 4 * 512
+# Seconds each stage took on a 512 x 512 photo (fp32, official networks with random weights, 2 threads on a
+# shared AVX-512 machine; benchmarks/restore_stages.py, docs/restore.md): the stages' shares of a photo's
+# progress, so that the bar moves at a steady rate. They scale with the photo as the work does: the detector
+# sees a short side of 256 whatever the photo, the VAEs and the convolutions grow with the area, the scratch
+# attention with the square of the area; the face stage counts one face (each takes about as long).
+STAGE_SECONDS = {"detecting scratches": 2.1, "encoding": 2.5, "decoding": 2.0, "enhancing faces": 4.7}
+MAPPING_SECONDS = {"quality": {"convolutions": 17.5},
+                   "scratch": {"before attention": 2.7, "attention": 4.4, "after attention": 22.8},
+                   "hr": {"before attention": 4.7, "attention": 27.8}}
+MEASURED_PIXELS = 512 * 512
 
 
 @dataclass
@@ -70,36 +73,41 @@ class Work:
     image: np.ndarray
     mask: np.ndarray | None = None
     faces: list[FaceCrop] = field(default_factory=list)
-    progress: PhotoProgress | None = None
+    progress: StagedProgress = field(default_factory=lambda: StagedProgress({}))
 
 
-class PhotoProgress:
-    """How far one photo has got, for the batch's bar (progress.report_within_item): each step's share is
-    its nominal work at the photo's size, so that the ETA holds from the first step on; the mapping moves
-    with the attention's chunks, which are nearly all of the work on large photos."""
+def photo_progress(settings: Settings, width: int, height: int) -> StagedProgress:
+    """A photo's stages (at its processing size) weighted by their measured seconds, scaled to its size."""
+    if settings.faces_only:
+        return StagedProgress({"enhancing faces": STAGE_SECONDS["enhancing faces"]})
+    area = width * height / MEASURED_PIXELS
+    costs = {"detecting scratches": STAGE_SECONDS["detecting scratches"] * max(width, height) / min(width, height)
+             } if settings.scratches else {}
+    costs.update({"encoding": STAGE_SECONDS["encoding"] * area,
+                  "mapping": sum(_mapping_seconds(settings.kind, area).values()),
+                  "decoding": STAGE_SECONDS["decoding"] * area})
+    if settings.faces:
+        costs["enhancing faces"] = STAGE_SECONDS["enhancing faces"]
+    return StagedProgress(costs)
 
-    def __init__(self, settings: Settings, width: int, height: int):
-        latent = width * height / 16
-        detector = DETECTOR_WORK * DETECTION_SHORT_SIDE**2 * max(width, height) / min(width, height)
-        self.kind = settings.kind
-        attention = ATTENTION_WORK * latent**2 if self.kind == "scratch" else 0.0
-        self.steps = {"detecting scratches": detector if settings.scratches else 0.0,
-                      "encoding": VAE_WORK * width * height, "mapping": MAPPING_WORK[self.kind] * latent + attention,
-                      "decoding": VAE_WORK * width * height}
-        self.before_attention = BEFORE_ATTENTION_WORK.get(self.kind, 0.0) * latent
-        self.attention = attention if self.kind == "scratch" else self.steps["mapping"] - self.before_attention
-        self.done, self.current = 0.0, None
 
-    def begin(self, step: str) -> None:
-        if self.current is not None:
-            self.done += self.steps[self.current]
-        self.current = step
-        report_within_item(self.done / sum(self.steps.values()), step)
+def _mapping_seconds(kind: str, area: float) -> dict[str, float]:
+    """The mapping's parts at a photo `area` times the measured one's (the scratch attention grows with the
+    area squared, everything else with the area)."""
+    return {part: seconds * (area**2 if (kind, part) == ("scratch", "attention") else area)
+            for part, seconds in MAPPING_SECONDS[kind].items()}
 
-    def chunk_done(self, done: int, total: int) -> None:
-        """`done` of `total` chunks of the mapping's attention (or scales of the HR model's) are done."""
-        within = self.before_attention + self.attention * done / total
-        report_within_item((self.done + within) / sum(self.steps.values()), f"{self.current} {done}/{total}")
+
+def mapping_progress(progress: StagedProgress, kind: str, area: float) -> Callable[[str, float, str], None]:
+    """The mapping network's on_progress(part, done, detail) as progress within the mapping stage."""
+    seconds = _mapping_seconds(kind, area)
+    total = sum(seconds.values())
+    starts = dict(zip(seconds, itertools.accumulate([0.0, *seconds.values()])))
+
+    def report(part: str, done: float, detail: str) -> None:
+        progress.within((starts[part] + seconds[part] * done) / total, detail)
+
+    return report
 
 
 @dataclass
@@ -256,7 +264,7 @@ class Restorer:
                              f"{picture.width}x{picture.height}; they must have the same size")
         size = _rounded_size(picture.width, picture.height, 16 if self.settings.scratches else 4,
                              self.settings.mode == "scale")
-        work = Work(np.asarray(picture.to_pil("RGB")), progress=PhotoProgress(self.settings, *size))
+        work = Work(np.asarray(picture.to_pil("RGB")), progress=photo_progress(self.settings, *size))
         for stage in self.stages(given_mask):
             work = stage(work)
         return _finish(work, picture)
@@ -276,7 +284,7 @@ class Restorer:
         return replace(work, image=_pil_resize(work.image, size, Image.BICUBIC))
 
     def detect_scratches(self, work: Work) -> Work:
-        _begin(work, "detecting scratches")
+        work.progress.begin("detecting scratches")
         grey = np.array(Image.fromarray(work.image).convert("L"))
         x = _normalised(torch.from_numpy(grey)[None, None])
         height, width = grey.shape
@@ -298,22 +306,26 @@ class Restorer:
         if work.mask is not None:  # irregular_hole_synthesize: scratch pixels become white
             image = np.where(work.mask[:, :, None], np.uint8(255), image)
         x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]).to(self.device)
+        torch_backend = self.plan.backend == "torch"  # ONNX graphs run whole: no progress inside them
         with torch.inference_mode():
-            _begin(work, "encoding")
-            latent = self.run_network["vae_a"](x)
-            _begin(work, "mapping")
+            work.progress.begin("encoding")
+            latent = self.run_network["vae_a"](x, **({"on_progress": work.progress.within} if torch_backend else {}))
+            work.progress.begin("mapping")
+            area = work.image.shape[0] * work.image.shape[1] / MEASURED_PIXELS
+            parts = {"on_progress": mapping_progress(work.progress, self.settings.kind, area)} if torch_backend else {}
             if work.mask is None:
-                mapped = self.run_network["mapping"](latent)
+                mapped = self.run_network["mapping"](latent, **parts)
             else:
                 mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
-                chunks = {"on_chunk": work.progress.chunk_done} if work.progress and self.plan.backend == "torch" else {}
-                mapped = self.run_network["mapping"](latent, mask, **chunks)
-            _begin(work, "decoding")
-            generated = self.run_network["vae_b"](mapped).float()
+                mapped = self.run_network["mapping"](latent, mask, **parts)
+            work.progress.begin("decoding")
+            generated = self.run_network["vae_b"](mapped, **({"on_progress": work.progress.within} if torch_backend
+                                                              else {})).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
     def enhance_faces(self, work: Work) -> Work:
-        image, faces = self.faces(work.image)
+        work.progress.begin("enhancing faces")
+        image, faces = self.faces(work.image, work.progress.within)
         return replace(work, image=image, faces=faces)
 
 
@@ -347,8 +359,8 @@ def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = T
     plan = RunPlan.resolve(device=device, precision=precision, backend=backend, threads=threads, offline=offline,
                            weights_dir=weights_dir, quiet=quiet)
     check_plan(plan, settings)
-    picture = picture_or_array if isinstance(picture_or_array, Picture) else _picture_from_array(picture_or_array)
-    return Restorer(settings, plan).run(picture, None if mask is None else mask_array(mask))
+    picture = picture_or_array if isinstance(picture_or_array, Picture) else Picture.from_array(picture_or_array)
+    return Restorer(settings, plan).run(picture, None if mask is None else imageio.binary_mask(mask))
 
 
 def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None, *,
@@ -378,13 +390,12 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     check_plan(plan, settings)
     engine = engine_options(engine)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
-    given_masks = _mask_files(location(mask)) if mask is not None else []
+    given_masks = paired_files(location(mask)) if mask is not None else []
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
                      extension=output_format, default_suffix="_restored",
                      side_suffixes=[MASK_OUTPUT] * save_mask + [*FACE_OUTPUTS] * save_faces, also_read=given_masks)
     if mask is not None:
-        find_mask = _mask_finder(location(mask), len(jobs))
-        jobs = [replace(job, options=_mask_option(find_mask, job.source)) for job in jobs]
+        jobs = pair_inputs(jobs, location(mask), "mask")
     task = RestoreTask(settings, plan, save_mask=save_mask, save_faces=save_faces, batch_size=batch_size)
     return execute(task, jobs, engine=engine, threads=plan.threads, skip_existing=skip_existing, quiet=quiet,
                    json_lines=json)
@@ -417,7 +428,7 @@ class RestoreWorker:
         if "mask_error" in job.options:
             raise InputError(job.options["mask_error"])
         given = job.options.get("mask")
-        return imageio.read_image(job.source), mask_array(imageio.read_image(given)) if given else None
+        return imageio.read_image(job.source), imageio.binary_mask(imageio.read_image(given)) if given else None
 
     def group_key(self, item) -> None:
         return None
@@ -444,25 +455,6 @@ class RestoreWorker:
         return record
 
 
-def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
-    """A user's mask -> bool H x W, True = scratch: a picture or uint8 array where its grey value is >= 128
-    (white marks scratches), a bool array as it is, a float array where >= 0.5."""
-    if isinstance(mask, Picture):
-        mask = np.asarray(mask.to_pil("L"))
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[:, :, 0]
-    elif mask.ndim == 3:
-        mask = np.asarray(Image.fromarray(_as_uint8(mask[:, :, :3])).convert("L"))
-    if mask.ndim != 2:
-        raise InputError(f"a mask must be H x W (or an image), not {mask.shape}")
-    if mask.dtype == bool:
-        return mask
-    if np.issubdtype(mask.dtype, np.floating):
-        return mask >= 0.5
-    return _as_uint8(mask) >= 128
-
-
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
@@ -470,45 +462,6 @@ def _fetch(entry: manifest.ModelEntry, plan: RunPlan) -> dict[str, Path]:
     if not plan.quiet:
         console.print(f"loading {entry.name}", markup=False, highlight=False)
     return hub.fetch_model(entry, offline=plan.offline, weights_dir=plan.weights_dir, quiet=plan.quiet)
-
-
-def _mask_files(mask: Path) -> list[Path]:
-    """The given mask file, or the images of a mask folder: inputs too, which no output may replace."""
-    if mask.is_dir():
-        return [path for path in mask.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS]
-    return [mask]
-
-
-def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
-    """Which mask file goes with an input, decided at plan time (a job carries its mask's path)."""
-    if mask.is_dir():
-        def in_folder(source: Path) -> Path:
-            for extension in sorted(IMAGE_EXTENSIONS):
-                for candidate in (mask / (source.stem + extension), mask / (source.stem + extension.upper())):
-                    if candidate.is_file():
-                        return candidate
-            raise InputError(f"no mask named {source.stem}.* in {mask}")
-
-        return in_folder
-    if not mask.is_file():
-        raise InputError(f"cannot read mask {mask}: no such file or folder")
-    if job_count > 1:
-        raise InputError(f"--mask {mask} is one file but there are {job_count} inputs; give a folder of masks "
-                         "named like the inputs")
-    return lambda source: mask
-
-
-def _mask_option(find_mask: Callable[[Path], Path], source: Path) -> dict:
-    """A job's mask, or why it has none (that file fails, the others go on)."""
-    try:
-        return {"mask": str(find_mask(source))}
-    except InputError as exc:
-        return {"mask_error": str(exc)}
-
-
-def _begin(work: Work, step: str) -> None:
-    if work.progress is not None:
-        work.progress.begin(step)
 
 
 def _mask_stage(mask: np.ndarray) -> Callable[[Work], Work]:
@@ -577,26 +530,3 @@ def _finish(work: Work, picture: Picture) -> RestoreResult:
     if work.mask is not None:
         mask = cv2.resize(work.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
     return RestoreResult(pixels=pixels, alpha=picture.alpha, mask=mask, faces=work.faces)
-
-
-def _as_uint8(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        return np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
-    raise InputError(f"image arrays must be uint8, uint16 or float in [0, 1], not {array.dtype}")
-
-
-def _picture_from_array(array: np.ndarray) -> Picture:
-    array = np.asarray(array)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise InputError(f"an image array must be H x W, H x W x 1, 3 or 4, not {array.shape}")
-    if array.dtype not in (np.uint8, np.uint16):
-        array = _as_uint8(array)
-    alpha = array[:, :, 3] if array.shape[2] == 4 else None
-    return Picture(pixels=np.ascontiguousarray(array[:, :, :3]), alpha=alpha, icc_profile=None, exif=None,
-                   format="", path=None)
