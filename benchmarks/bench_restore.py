@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from imgforge import runtime
+from imgforge.device import DTYPES, on_device
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.nonlocal_attention import latent_validity
-from imgforge.nets.vae import ResnetBlock, build_vae
+from imgforge.nets.oldphoto_blocks import ResnetBlock
+from imgforge.nets.vae import build_vae
 
 PEAK_SIZE = 4096
 SAMPLE_PHOTO = Path(__file__).resolve().parent.parent / "docs" / "examples" / "old_photo.jpg"
@@ -160,12 +161,13 @@ def random_checkpoints(folder: Path, chain: str = "scratch") -> None:
 def onnx_chain(chain: str, nets: tuple):
     """The chain as ONNX Runtime graphs (exported into $IMGFORGE_CACHE on first use, as --backend onnx does)."""
     from imgforge.nets import registry
+    from imgforge.onnx.cache import cached_runner
 
     vae_a, vae_b, mapping = nets
     cpu = torch.device("cpu")
-    encoder = runtime.onnx_runner(registry.get_family("oldphoto_vae").describe(vae_a).exports[0], cpu)
-    decoder = runtime.onnx_runner(registry.get_family("oldphoto_vae").describe(vae_b).exports[1], cpu)
-    mapper = runtime.onnx_runner(registry.get_family("oldphoto_mapping").describe(mapping).exports[0], cpu)
+    encoder = cached_runner(registry.get_family("oldphoto_vae").describe(vae_a).exports[0], cpu)
+    decoder = cached_runner(registry.get_family("oldphoto_vae").describe(vae_b).exports[1], cpu)
+    mapper = cached_runner(registry.get_family("oldphoto_mapping").describe(mapping).exports[0], cpu)
 
     def run(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         latent = encoder(image)
@@ -180,23 +182,26 @@ def measure_pipeline(chain: str, size: str, precision: str, weights: str, clock_
     import numpy as np
     from PIL import Image
 
-    from imgforge.pipelines.restore import Restorer, Settings, _picture_from_array
+    from imgforge.imageio import Picture
+    from imgforge.pipelines.restore import Restorer, Settings
+    from imgforge.plan import RunPlan
 
     height, width = parse_size(size)
     photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB").resize((width, height), Image.BICUBIC))
     settings = Settings(scratches=chain != "quality", hr=chain == "hr", faces=False)
-    restorer = Restorer(settings, device="cpu", precision=precision, backend=backend, offline=True,
-                        weights_dir=Path(weights), quiet=True)
+    plan = RunPlan.resolve(device="cpu", precision=precision, backend=backend, offline=True,
+                           weights_dir=Path(weights), quiet=True)
+    restorer = Restorer(settings, plan)
     before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = clock(clock_kind)
-    restorer.run(_picture_from_array(photo))
+    restorer.run(Picture.from_array(photo))
     return {"seconds": clock(clock_kind) - start, "before_gb": before_gb}
 
 
 def measure_one(chain: str, impl: str, size: str, precision: str, save: str | None, weights: str | None,
                 clock_kind: str) -> None:
     """Child process: one chain (or pipeline) run, then the matmul peak; prints JSON."""
-    dtype = runtime.PRECISIONS[precision]
+    dtype = DTYPES[precision]
     if impl in ("pipeline", "pipeline-onnx"):
         result = measure_pipeline(chain, size, precision, weights, clock_kind,
                                   "onnx" if impl == "pipeline-onnx" else "torch")
@@ -206,7 +211,7 @@ def measure_one(chain: str, impl: str, size: str, precision: str, save: str | No
         torch.manual_seed(1)  # the same random weights on both sides
         nets = (build_vae(), build_vae(), build_mapping(chain))
         if impl == "imgforge":
-            nets = tuple(runtime.place(net, torch.device("cpu"), dtype) for net in nets)
+            nets = tuple(on_device(net, torch.device("cpu"), dtype, torch.channels_last) for net in nets)
         onnx_run = onnx_chain(chain, nets) if impl == "onnx" else None  # sessions (and graphs) before the clock
         before_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # torch, weights and inputs
         with torch.inference_mode():
@@ -244,7 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["512"])
     parser.add_argument("--reference-sizes", nargs="*", default=["512"])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=sorted(runtime.PRECISIONS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     parser.add_argument("--chain", choices=["scratch", "quality", "hr"], default="scratch")
     parser.add_argument("--pipeline", action="store_true", help="time the whole restoration instead of the chain")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of alternating measurements; best counts")

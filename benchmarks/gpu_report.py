@@ -14,6 +14,9 @@ its own and prints its error instead of stopping the others.
   256², images/s in fp32, bf16, fp16
 - train: one pix2pix training step (unet_256 with dropout + 70x70 PatchGAN, 256²), iterations/s at batch 1
   and 8 in fp32, bf16 and fp16 autocast, imgforge's step and the plain eager step (benchmarks/bench_train.py)
+- train ddpm: one DDPM training step of the cifar10-size U-Net (batch 16 and 128), it/s in fp32, bf16 and
+  fp16 autocast, imgforge's step against the plain eager step, with the fraction of the matmul peak
+  (benchmarks/bench_train.py --method ddpm)
 - restore: the scratch chain (VAE encode, mapping with the partial non-local attention over 750,000 latent
   positions, VAE decode) on a 4000x3000 photo: seconds and peak GPU memory in fp32, bf16, fp16
 """
@@ -43,9 +46,9 @@ CIFAR10_32 = {  # google/ddpm-cifar10-32 config.json (shared/notes/ddpm.md)
 SAMPLE_FLOOR_SECONDS = 0.2
 # what each section runs: the real sizes on the GPU, toy ones for --smoke on the CPU
 FULL = {"device": "cuda", "images": 16, "steps": 1000, "translate_batches": 4, "photo": (3000, 4000),
-        "train_batches": (1, 8), "train_iterations": 20}
+        "train_batches": (1, 8), "train_iterations": 20, "ddpm_batches": (16, 128), "ddpm_iterations": 20}
 SMOKE = {"device": "cpu", "images": 2, "steps": 3, "translate_batches": 1, "photo": (48, 64),
-         "train_batches": (1,), "train_iterations": 1}
+         "train_batches": (1,), "train_iterations": 1, "ddpm_batches": (2,), "ddpm_iterations": 1}
 setup = dict(FULL)
 rows: list[tuple[str, str, str]] = []  # (what, precision, result): the table printed at the end
 sections = []
@@ -147,9 +150,21 @@ def train_figures():
 
 
 @section
+def train_ddpm_figures():
+    from bench_train import bench_ddpm
+
+    device = torch.device(setup["device"])
+    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    for record in bench_ddpm(device, list(setup["ddpm_batches"]), precisions, setup["ddpm_iterations"], 2):
+        rows.append((f"train ddpm cifar10 U-Net 32², batch {record['batch']}", record["precision"],
+                     f"{record['imgforge_steps_per_s']:.2f} it/s ({record['ratio']:.2f}x the plain step, "
+                     f"{record['imgforge_peak_fraction']:.0%} of the matmul peak)"))
+
+
+@section
 def restore_figures():
     from bench_restore import make_inputs
-    from imgforge import runtime
+    from imgforge.device import DTYPES, on_device
     from imgforge.nets.mapping import build_mapping
     from imgforge.nets.vae import build_vae
 
@@ -160,13 +175,13 @@ def restore_figures():
         if precision == "fp16" and device.type == "cpu":
             continue
         torch.manual_seed(1)
-        nets = [runtime.place(net, device, runtime.PRECISIONS[precision])
+        nets = [on_device(net, device, DTYPES[precision], torch.channels_last)
                 for net in (build_vae(), build_mapping("scratch"), build_vae())]
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
-            x, m = image.to(device, runtime.PRECISIONS[precision]), mask.to(device)
+            x, m = image.to(device, DTYPES[precision]), mask.to(device)
             out = []
             seconds = timed(lambda: out.append(nets[2].decode(nets[1](nets[0].encode(x), m)).float()))
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")

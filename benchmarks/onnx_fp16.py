@@ -24,9 +24,9 @@ from conformance_checks.ddpm import unet_of  # noqa: E402
 from conformance_checks.oldphoto import _split  # noqa: E402
 from conformance_checks.pix2pix import build_generator_of  # noqa: E402
 
-from imgforge.export import export_graph  # noqa: E402
+from imgforge.onnx.export import export_graph  # noqa: E402
 from imgforge.nets import registry  # noqa: E402
-from imgforge.runtime import OnnxRunner  # noqa: E402
+from imgforge.onnx.session import OnnxRunner  # noqa: E402
 
 FIXTURES = Path(__file__).parents[1] / "tests" / "fixtures" / "conformance"
 

@@ -23,7 +23,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bench_restore import SAMPLE_PHOTO, make_inputs, random_checkpoints, write_checkpoints
-from imgforge.pipelines.restore import Restorer, Settings, Work, _picture_from_array
+from imgforge.imageio import Picture
+from imgforge.pipelines.restore import Restorer, Settings, Work
+from imgforge.plan import RunPlan
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "conformance"
 SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket")
@@ -65,12 +67,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             torch.manual_seed(1)
             (conformance_checkpoints if weights == "conformance" else random_checkpoints)(Path(tmp))
-            restorers = {p: Restorer(Settings(faces=False), device="cpu", precision=p, offline=True,
-                                     weights_dir=Path(tmp), quiet=True) for p in ("fp32", "bf16")}
+            restorers = {p: Restorer(Settings(faces=False), RunPlan.resolve(device="cpu", precision=p, offline=True,
+                                                                            weights_dir=Path(tmp), quiet=True))
+                         for p in ("fp32", "bf16")}
             for name, pixels in photos(args.max_side).items():
                 masks = [r.detect_scratches(r.prepare_scratch(Work(pixels))).mask for r in restorers.values()]
                 strokes = make_inputs(*pixels.shape[:2])[1][0, 0].numpy() > 0
-                out = {p: r.run(_picture_from_array(pixels), strokes) for p, r in restorers.items()}
+                out = {p: r.run(Picture.from_array(pixels), strokes) for p, r in restorers.items()}
                 levels = np.abs(out["bf16"].pixels.astype(int) - out["fp32"].pixels.astype(int))
                 same = "yes" if np.array_equal(*masks) else "NO"
                 print(f"{weights:12} {name:14} {pixels.shape[1]:>4}x{pixels.shape[0]:<4}  {same:>9}  "

@@ -16,7 +16,7 @@ write, so a run that fails to start leaves nothing behind.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -96,6 +96,43 @@ def expand_inputs(inputs: Sequence[str], recursive: bool = False) -> list[tuple[
     if not named:
         raise InputError("no input images given")
     return list(named.values())
+
+
+def paired_files(given: Path) -> list[Path]:
+    """The files an option like --mask names: the file, or the images of the folder (inputs too, which no
+    output may replace)."""
+    if given.is_dir():
+        return [path for path in given.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS]
+    return [given]
+
+
+def pair_inputs(jobs: list[Job], given: Path, what: str) -> list[Job]:
+    """Each job with the file that goes with its input in options[what], decided at plan time: `given` itself
+    (one input only), or the image of folder `given` named like the input, whatever its extension. A job
+    without one carries options[what + "_error"]: that input fails, the others go on."""
+    if given.is_dir():
+        def find(source: Path) -> Path:
+            for extension in sorted(IMAGE_EXTENSIONS):
+                for candidate in (given / (source.stem + extension), given / (source.stem + extension.upper())):
+                    if candidate.is_file():
+                        return candidate
+            raise InputError(f"no {what} named {source.stem}.* in {given}")
+    elif not given.is_file():
+        raise InputError(f"cannot read {what} {given}: no such file or folder")
+    elif len(jobs) > 1:
+        raise InputError(f"--{what} {given} is one file but there are {len(jobs)} inputs; give a folder of "
+                         f"{what}s named like the inputs")
+    else:
+        def find(source: Path) -> Path:
+            return given
+
+    def paired(job: Job) -> Job:
+        try:
+            return replace(job, options={**job.options, what: str(find(job.source))})
+        except InputError as exc:
+            return replace(job, options={**job.options, f"{what}_error": str(exc)})
+
+    return [paired(job) for job in jobs]
 
 
 def claim_outputs(claims: Iterable[tuple[Path, str]], *, reads: dict[Path, Path] | None = None,

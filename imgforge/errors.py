@@ -13,8 +13,8 @@ class RunWideError(ImgforgeError):
 
 
 class UsageError(ImgforgeError):
-    """Options that cannot work (a value out of range, a setting the chosen engine does not have): exit 2, as
-    for the usage errors the command-line parser finds itself."""
+    """Options that cannot work (a value out of range, a setting the chosen engine does not have, options that
+    cannot run together): exit 2, as for the usage errors the command-line parser finds itself."""
 
     exit_code = 2
 

@@ -81,6 +81,51 @@ class Picture:
             base.putalpha(_pil_image(_to_depth(self.alpha, 8)))
         return base if base.mode == mode else base.convert(mode)
 
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> Picture:
+        """An image in memory (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]) as a Picture without metadata;
+        a fourth channel is its alpha."""
+        array = np.asarray(array)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+            raise InputError(f"an image array must be H x W, H x W x 1, 3 or 4, not {array.shape}")
+        if array.dtype not in (np.uint8, np.uint16):
+            array = as_uint8(array)
+        alpha = array[:, :, 3] if array.shape[2] == 4 else None
+        return cls(pixels=np.ascontiguousarray(array[:, :, :3]), alpha=alpha, icc_profile=None, exif=None,
+                   format="", path=None)
+
+
+def as_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 as it is, uint16 rounded to 8 bits, float in [0, 1] scaled and rounded; other dtypes refused."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        return np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
+    raise InputError(f"image arrays must be uint8, uint16 or float in [0, 1], not {array.dtype}")
+
+
+def binary_mask(mask: Picture | np.ndarray) -> np.ndarray:
+    """A user's mask -> bool H x W, True = marked: a picture or uint8 array where its grey value is >= 128
+    (white marks), a bool array as it is, a float array where >= 0.5."""
+    if isinstance(mask, Picture):
+        mask = np.asarray(mask.to_pil("L"))
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    elif mask.ndim == 3:
+        mask = np.asarray(Image.fromarray(as_uint8(mask[:, :, :3])).convert("L"))
+    if mask.ndim != 2:
+        raise InputError(f"a mask must be H x W (or an image), not {mask.shape}")
+    if mask.dtype == bool:
+        return mask
+    if np.issubdtype(mask.dtype, np.floating):
+        return mask >= 0.5
+    return as_uint8(mask) >= 128
+
 
 def max_pixels() -> int:
     value = os.environ.get("IMGFORGE_MAX_PIXELS", "")

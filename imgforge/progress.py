@@ -61,6 +61,28 @@ def report_within_item(fraction: float, stage: str) -> None:
         listener(min(max(fraction, 0.0), 1.0), stage)
 
 
+class StagedProgress:
+    """How far one item has got through stages of known relative cost (`costs`: stage -> seconds or any
+    consistent measure), reported with report_within_item: `begin(stage)` when a stage starts, `within(fraction,
+    detail)` as it goes. Costs measured as time make the bar, and so the ETA, move at a steady rate."""
+
+    def __init__(self, costs: dict[str, float]):
+        total = sum(costs.values()) or 1.0
+        self.shares = {stage: cost / total for stage, cost in costs.items()}
+        self.done, self.current = 0.0, None
+
+    def begin(self, stage: str) -> None:
+        if self.current is not None:
+            self.done += self.shares.get(self.current, 0.0)
+        self.current = stage
+        report_within_item(self.done, stage)
+
+    def within(self, fraction: float, detail: str = "") -> None:
+        """`fraction` (0 to 1) of the current stage is done; `detail` is shown after the stage's name."""
+        report_within_item(self.done + self.shares.get(self.current, 0.0) * min(max(fraction, 0.0), 1.0),
+                           f"{self.current} {detail}" if detail else self.current)
+
+
 def printable(text: object) -> str:
     """`text` on one line: control characters (a newline in a file name) shown as escapes, not obeyed."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))

@@ -44,7 +44,7 @@ def test_attention_mapping_graphs_loop_over_query_chunks(tmp_path, monkeypatch, 
     bounded tiles, any size."""
     import onnx
 
-    from imgforge import runtime
+    from imgforge.onnx.cache import cached_runner
 
     monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path))
     monkeypatch.setattr("imgforge.nets.oldphoto_onnx.AFFINITY_TILE_ELEMENTS", 2**12)  # ~10 loop iterations
@@ -53,7 +53,7 @@ def test_attention_mapping_graphs_loop_over_query_chunks(tmp_path, monkeypatch, 
     for parameter in mapping.parameters():
         parameter.data += 0.05 * torch.randn_like(parameter)
     (export,) = get_family("oldphoto_mapping").describe(mapping).exports
-    runner = runtime.onnx_runner(export, torch.device("cpu"))
+    runner = cached_runner(export, torch.device("cpu"))
     (graph,) = (tmp_path / "onnx").glob("*.onnx")
     assert "Loop" in {node.op_type for node in onnx.load(str(graph)).graph.node}
     for size in ((48, 64), (80, 96)):

@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data
 
@@ -20,8 +19,10 @@ from imgforge.cli import main
 from imgforge.errors import WeightsUnavailable
 from imgforge.faces import align
 from imgforge.faces.detect import DlibDetector, YuNetDetector
+from imgforge.imageio import Picture
 from imgforge.pipelines import restore as pipeline
 from imgforge.pipelines.faces import FaceEnhancer, fetch_face_file
+from imgforge.plan import RunPlan
 from imgforge import manifest
 from test_restore import YUNET_MODEL, checkpoints, manifest_tables, official_sources, weights_dir, ZIPPED  # noqa: F401
 
@@ -168,22 +169,37 @@ def test_weights_dir_may_be_the_official_repository_or_its_checkpoint_folder(tmp
     checkpoint = tmp_path / "repo" / "Face_Enhancement" / "checkpoints" / "FaceSR_512" / "latest_net_G.pth"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"weights")
+    def plan(folder):
+        return RunPlan.resolve(weights_dir=folder, offline=True, quiet=True)
+
     for folder in (tmp_path / "repo", tmp_path / "repo" / "Face_Enhancement" / "checkpoints"):
-        assert fetch_face_file(entry, "generator", folder, True, True) == checkpoint
+        assert fetch_face_file(entry, "generator", plan(folder)) == checkpoint
     # a folder below the repository is not a way up into it (issue 16 item 11: no parents, no siblings)
     (tmp_path / "repo" / "Global" / "checkpoints").mkdir(parents=True)
     with pytest.raises(WeightsUnavailable):
-        fetch_face_file(entry, "generator", tmp_path / "repo" / "Global" / "checkpoints", True, True)
+        fetch_face_file(entry, "generator", plan(tmp_path / "repo" / "Global" / "checkpoints"))
 
 
 def test_face_stage_runs_the_generator_through_onnx_too(weights_dir):
     photo = data.astronaut()[::2, ::2]
-    stages = {backend: FaceEnhancer(device=torch.device("cpu"), backend=backend, weights_dir=weights_dir, quiet=True)
-              for backend in ("torch", "onnx")}
+    stages = {backend: FaceEnhancer(plan=RunPlan.resolve(device="cpu", backend=backend, weights_dir=weights_dir,
+                                                         quiet=True)) for backend in ("torch", "onnx")}
     (torch_image, torch_faces), (onnx_image, onnx_faces) = (stage(photo) for stage in stages.values())
     assert len(torch_faces) == len(onnx_faces) == 1
     assert np.abs(torch_faces[0].enhanced.astype(int) - onnx_faces[0].enhanced).max() <= 1
     assert np.abs(torch_image.astype(int) - onnx_image).max() <= 2
+
+
+def test_the_face_stage_reports_its_faces_as_progress(weights_dir):
+    from imgforge.progress import listening_within_item
+
+    restorer = pipeline.Restorer(pipeline.Settings(faces_only=True),
+                                 RunPlan.resolve(device="cpu", weights_dir=weights_dir, quiet=True))
+    assert restorer.networks == [] and restorer.run_network == {} and restorer.provider == "torch:cpu"
+    reports = []
+    with listening_within_item(lambda fraction, stage: reports.append((fraction, stage))):
+        restorer.run(Picture.from_array(data.astronaut()[::2, ::2]))
+    assert reports == [(0.0, "enhancing faces"), (1.0, "enhancing faces 1/1")]
 
 
 def test_models_list_shows_the_dlib_model_is_not_for_commercial_use(capfd):

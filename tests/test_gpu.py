@@ -16,6 +16,7 @@ from imgforge.pipelines import restore as restore_pipeline
 from imgforge.pipelines.sample import DiffusionModel, generate, make_eps_function
 from imgforge.pipelines.samplers import NoiseSchedule
 from imgforge.pipelines.translate import Translator
+from imgforge.plan import RunPlan
 from test_restore import checkpoints, scratched_photo, weights_dir  # noqa: F401  (fixtures)
 from test_translate import picture, tiny
 
@@ -66,8 +67,8 @@ def test_sampling_on_cuda_in_each_precision_is_near_the_cpu_images(precision):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_translate_on_cuda_in_each_precision_is_near_the_cpu_output(precision):
     image = picture(64, 64)
-    cpu = Translator(tiny(dropout=False), mode="eval", device="cpu")(image)
-    gpu = Translator(tiny(dropout=False), mode="eval", device="cuda", precision=precision)(image)
+    cpu = Translator(tiny(dropout=False), mode="eval", plan=RunPlan.resolve(device="cpu"))(image)
+    gpu = Translator(tiny(dropout=False), mode="eval", plan=RunPlan.resolve(device="cuda", precision=precision))(image)
     assert _levels(gpu, cpu) < TOLERANCE[precision] * _levels(cpu, cpu[::-1])
 
 

@@ -231,6 +231,7 @@ def test_every_face_stage_file_is_checked_against_the_lock(weights_dir, tmp_path
 def test_the_face_stage_looks_only_in_the_folders_given(weights_dir, tmp_path, monkeypatch):
     from imgforge.errors import WeightsUnavailable
     from imgforge.pipelines.faces import fetch_face_file
+    from imgforge.plan import RunPlan
 
     downloads = tmp_path / "dl"
     (downloads / "G").mkdir(parents=True)
@@ -241,10 +242,11 @@ def test_the_face_stage_looks_only_in_the_folders_given(weights_dir, tmp_path, m
     (downloads / "G" / "checkpoints" / YUNET).unlink()
     (downloads / "tamp" / YUNET).write_bytes(b"not the graph you gave")
     shutil.move(downloads / "G" / "checkpoints" / "Face_Enhancement", downloads / "Face_Enhancement")
-    given = [downloads / "G" / "checkpoints", downloads / "yunet"]
+    given = RunPlan.resolve(weights_dir=[downloads / "G" / "checkpoints", downloads / "yunet"], offline=True,
+                            quiet=True)
     yunet = get_model("face-detect-yunet")
-    assert fetch_face_file(yunet, "model", given, True, True) == downloads / "yunet" / YUNET
+    assert fetch_face_file(yunet, "model", given) == downloads / "yunet" / YUNET
     with pytest.raises(WeightsUnavailable):  # in dl/Face_Enhancement: beside a folder given, not below it
-        fetch_face_file(get_model("face-enhance-256"), "generator", given, True, True)
-    assert fetch_face_file(get_model("face-enhance-256"), "generator", [downloads], True, True) == \
-        downloads / FACE_256
+        fetch_face_file(get_model("face-enhance-256"), "generator", given)
+    assert fetch_face_file(get_model("face-enhance-256"), "generator",
+                           RunPlan.resolve(weights_dir=[downloads], offline=True, quiet=True)) == downloads / FACE_256

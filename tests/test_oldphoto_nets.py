@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conformance_checks.common import TOLERANCE, load_fixture
 from imgforge.errors import ModelError
 from imgforge.nets import nonlocal_attention
-from imgforge.nets import vae as vae_module
+from imgforge.nets import oldphoto_blocks as blocks
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.nonlocal_attention import PartialNonLocalBlock, PatchAttention, latent_validity, masked_attention
 from imgforge.nets.scratch_unet import ScratchUNet, build_scratch_detector
@@ -242,19 +242,19 @@ def test_latent_validity_resize_rule():
 @pytest.mark.parametrize("mode", ["reflect", "zeros"])
 @pytest.mark.parametrize("kernel, stride, pad", [(3, 1, 1), (7, 1, 3), (4, 2, 1)])
 def test_banded_conv_equals_padded_conv(monkeypatch, mode, kernel, stride, pad):
-    monkeypatch.setattr(vae_module, "BAND_ELEMENTS", 300)
+    monkeypatch.setattr(blocks, "BAND_ELEMENTS", 300)
     g = torch.Generator().manual_seed(kernel)
     conv = torch.nn.Conv2d(5, 4, kernel, stride)
     parts = [torch.randn(2, 3, 17, 11, generator=g), torch.randn(2, 2, 17, 11, generator=g)]
     padded = F.pad(torch.cat(parts, 1), (pad,) * 4, mode="reflect" if mode == "reflect" else "constant")
     expected = F.conv2d(padded, conv.weight, conv.bias, stride)
     with torch.inference_mode():
-        actual = vae_module.conv2d_banded(conv, parts, pad, mode)
+        actual = blocks.conv2d_banded(conv, parts, pad, mode)
     assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_scratch_fixture_with_banded_convs_and_small_attention_chunks(monkeypatch):
-    monkeypatch.setattr(vae_module, "BAND_ELEMENTS", 4000)
+    monkeypatch.setattr(blocks, "BAND_ELEMENTS", 4000)
     folder = FIXTURES / "oldphoto_scratch_chain"
     weights, io = load_fixture(folder)
     ref = json.loads((folder / "config.json").read_text())["reference"]
@@ -273,36 +273,36 @@ def test_scratch_fixture_with_banded_convs_and_small_attention_chunks(monkeypatc
 
 @pytest.mark.parametrize("height", [9, 16])
 def test_banded_transposed_conv_equals_whole(monkeypatch, height):
-    monkeypatch.setattr(vae_module, "BAND_ELEMENTS", 400)
+    monkeypatch.setattr(blocks, "BAND_ELEMENTS", 400)
     conv = torch.nn.ConvTranspose2d(3, 4, kernel_size=4, stride=2, padding=1)
     x = torch.randn(2, 3, height, 7)
     with torch.inference_mode():
-        assert torch.allclose(vae_module.conv_transpose2d_banded(conv, x), conv(x), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(blocks.conv_transpose2d_banded(conv, x), conv(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("band_bytes", [2**22, 700])
 def test_banded_instance_norm_equals_instance_norm(monkeypatch, channels_last, band_bytes):
-    monkeypatch.setattr(vae_module, "NORM_BAND_BYTES", band_bytes)
+    monkeypatch.setattr(blocks, "NORM_BAND_BYTES", band_bytes)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 6, 23, 9, generator=g) * 3 + 2
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     expected = F.relu(F.instance_norm(x))
-    actual = vae_module.instance_norm_(x.clone(), relu=True)
+    actual = blocks.instance_norm_(x.clone(), relu=True)
     assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5)
     assert actual.is_contiguous(memory_format=torch.channels_last) == channels_last
     half = x.bfloat16()
     expected = F.relu(F.instance_norm(half.float()))
-    half = vae_module.instance_norm_(half, relu=True)  # statistics in float32: only the output is rounded
+    half = blocks.instance_norm_(half, relu=True)  # statistics in float32: only the output is rounded
     assert (half.float() - expected).abs().max() <= 2**-8 * expected.abs().max()
 
 
 def test_banded_conv_keeps_channels_last(monkeypatch):
-    monkeypatch.setattr(vae_module, "BAND_ELEMENTS", 300)
+    monkeypatch.setattr(blocks, "BAND_ELEMENTS", 300)
     conv = torch.nn.Conv2d(4, 5, 3)
     x = torch.randn(1, 4, 15, 8).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        actual = vae_module.conv2d_banded(conv, x, 1, "reflect")
+        actual = blocks.conv2d_banded(conv, x, 1, "reflect")
     assert actual.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(actual, conv(F.pad(x, (1,) * 4, mode="reflect")), rtol=1e-5, atol=1e-6)

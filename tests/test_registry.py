@@ -167,8 +167,9 @@ def test_load_model_of_a_restore_model_outside_the_builtin_names(tmp_path, write
     write_manifest(tmp_path, "\n".join(lines) + "\n")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     restorer = imgforge.load_model("my-restorer", device="cpu", weights_dir=tmp_path, quiet=True)
-    assert restorer.settings.kind == "quality" and restorer.detector is None
-    assert torch.equal(restorer.mapping.state_dict()["model.0.weight"], files["mapping"].state_dict()["model.0.weight"])
+    assert restorer.settings.kind == "quality" and "detector" not in restorer.run_network
+    mapping = next(network.module for network in restorer.networks if network.role == "mapping")
+    assert torch.equal(mapping.state_dict()["model.0.weight"], files["mapping"].state_dict()["model.0.weight"])
 
 
 def test_models_inspect(tmp_path, write_manifest, capsys):

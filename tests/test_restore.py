@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms
 
 from imgforge.errors import ImgforgeError, InputError
+from imgforge.imageio import Picture, binary_mask
 from imgforge.nets.face_spade import build_face_generator
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.scratch_unet import build_scratch_detector
 from imgforge.nets.vae import build_vae
 from imgforge.pipelines import restore as pipeline
+from imgforge.plan import RunPlan
 
 TINY_CONFIG = {"detector": {"wf": 2}, "vae": {"ngf": 16}, "mapping": {"mc": 128, "n_blocks": 1}}
 # the HR mapping has a fixed number of blocks
@@ -217,11 +219,11 @@ def test_stretch_of_a_flat_image_does_not_divide_by_zero():
 
 def test_mask_array_reads_white_as_scratch():
     grey = np.array([[0, 127], [128, 255]], np.uint8)
-    assert pipeline.mask_array(grey).tolist() == [[False, False], [True, True]]
-    assert pipeline.mask_array(np.array([[0.2, 0.7]])).tolist() == [[False, True]]
+    assert binary_mask(grey).tolist() == [[False, False], [True, True]]
+    assert binary_mask(np.array([[0.2, 0.7]])).tolist() == [[False, True]]
     rgb = np.zeros((2, 2, 3), np.uint8)
     rgb[0, 0] = 255
-    assert pipeline.mask_array(rgb).tolist() == [[True, False], [False, False]]
+    assert binary_mask(rgb).tolist() == [[True, False], [False, False]]
 
 
 def test_settings_refuse_scratch_options_without_scratches():
@@ -239,8 +241,12 @@ def test_settings_refuse_scratch_options_without_scratches():
 # -- the stages, with tiny networks -----------------------------------------------------------------------------
 
 
+def _plan(weights_dir, **options) -> RunPlan:
+    return RunPlan.resolve(device="cpu", weights_dir=weights_dir, quiet=True, **options)
+
+
 def test_detection_matches_the_official_steps(weights_dir):
-    restorer = pipeline.Restorer(pipeline.Settings(), device="cpu", weights_dir=weights_dir, quiet=True)
+    restorer = pipeline.Restorer(pipeline.Settings(), _plan(weights_dir))
     photo = scratched_photo(100, 150)
     work = restorer.prepare_scratch(pipeline.Work(photo))
     assert work.image.shape == (96, 144, 3)
@@ -251,17 +257,17 @@ def test_detection_matches_the_official_steps(weights_dir):
     x = torch.from_numpy(np.array(resized.convert("L"))).float()[None, None] / 255
     x = (x - 0.5) / 0.5
     with torch.inference_mode():
-        p = torch.sigmoid(restorer.detector(F.interpolate(x, [256, 384], mode="bilinear")))
+        p = torch.sigmoid(restorer.run_network["detector"].module(F.interpolate(x, [256, 384], mode="bilinear")))
     expected = F.interpolate(p, [96, 144], mode="nearest")[0, 0] >= 0.4
     assert mask.dtype == bool and np.array_equal(mask, expected.numpy())
     assert 0 < mask.mean() < 1
 
 
 def test_scratches_are_painted_white_before_encoding(weights_dir, monkeypatch):
-    restorer = pipeline.Restorer(pipeline.Settings(), device="cpu", weights_dir=weights_dir, quiet=True)
+    restorer = pipeline.Restorer(pipeline.Settings(), _plan(weights_dir))
     seen = []
-    encode = restorer.vae_a.encode
-    monkeypatch.setattr(restorer.vae_a, "encode", lambda x: seen.append(x.clone()) or encode(x))
+    encode = restorer.run_network["vae_a"]
+    monkeypatch.setitem(restorer.run_network, "vae_a", lambda x, **options: seen.append(x.clone()) or encode(x))
     image = scratched_photo(64, 64)
     mask = np.zeros((64, 64), bool)
     mask[10:20, 5:50] = True
@@ -272,8 +278,7 @@ def test_scratches_are_painted_white_before_encoding(weights_dir, monkeypatch):
 
 
 def test_dilation_grows_the_mask_by_3x3_steps(weights_dir):
-    restorer = pipeline.Restorer(pipeline.Settings(mask_dilation=2), device="cpu", weights_dir=weights_dir,
-                                 quiet=True)
+    restorer = pipeline.Restorer(pipeline.Settings(mask_dilation=2), _plan(weights_dir))
     mask = np.zeros((16, 16), bool)
     mask[8, 8] = True
     grown = restorer.dilate(pipeline.Work(np.zeros((16, 16, 3), np.uint8), mask)).mask
@@ -332,10 +337,10 @@ def test_onnx_backend_restores_like_torch(weights_dir, tmp_path, monkeypatch, sc
     monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
     photo = scratched_photo(96, 128)
     settings = pipeline.Settings(scratches=scratches, hr=hr, faces=False)
-    torch_run = pipeline.Restorer(settings, device="cpu", weights_dir=weights_dir, quiet=True)
-    onnx_run = pipeline.Restorer(settings, device="cpu", backend="onnx", weights_dir=weights_dir, quiet=True)
+    torch_run = pipeline.Restorer(settings, _plan(weights_dir))
+    onnx_run = pipeline.Restorer(settings, _plan(weights_dir, backend="onnx"))
     assert onnx_run.provider == "onnxruntime:CPUExecutionProvider" and torch_run.provider == "torch:cpu"
-    picture = pipeline._picture_from_array(photo)
+    picture = Picture.from_array(photo)
     expected, actual = torch_run.run(picture), onnx_run.run(picture)
     if scratches:
         assert np.array_equal(actual.mask, expected.mask)
@@ -356,35 +361,50 @@ def test_bf16_keeps_the_fp32_mask_and_stays_near_the_fp32_output(weights_dir, hr
     assert 0 < levels.mean() < unrelated.mean() / 2
 
 
-def test_reduced_precision_places_networks_as_they_declare(weights_dir):
-    restorer = pipeline.Restorer(pipeline.Settings(), device="cpu", precision="bf16", weights_dir=weights_dir,
-                                 quiet=True)
-    assert restorer.detector.float32_only
-    dtypes = {name: next(getattr(restorer, name).parameters()).dtype
+def test_reduced_precision_runs_networks_as_their_families_declare_on_copies(weights_dir):
+    restorer = pipeline.Restorer(pipeline.Settings(), _plan(weights_dir, precision="bf16"))
+    dtypes = {name: next(restorer.run_network[name].module.parameters()).dtype
               for name in ("detector", "vae_a", "mapping", "vae_b")}
     assert dtypes == {"detector": torch.float32, "vae_a": torch.bfloat16, "mapping": torch.bfloat16,
                       "vae_b": torch.bfloat16}
-    assert restorer.mapping.NL.res_block[0].conv_block[1].weight.is_contiguous(memory_format=torch.channels_last)
+    mapping = restorer.run_network["mapping"].module
+    assert mapping.NL.res_block[0].conv_block[1].weight.is_contiguous(memory_format=torch.channels_last)
+    # the loaded networks themselves (what export traces) are untouched: float32, default layout
+    assert all(next(network.module.parameters()).dtype == torch.float32 for network in restorer.networks)
 
 
-def test_progress_within_a_photo_follows_stages_and_attention_chunks(weights_dir, monkeypatch):
+def test_progress_within_a_photo_is_monotone_and_reaches_every_stage(weights_dir, monkeypatch):
     from imgforge.nets import nonlocal_attention
     from imgforge.progress import listening_within_item
 
     monkeypatch.setattr(nonlocal_attention, "QUERY_CHUNK_ROWS", 200)  # a 96x128 photo: 768 latent positions
-    restorer = pipeline.Restorer(pipeline.Settings(), device="cpu", weights_dir=weights_dir, quiet=True)
+    restorer = pipeline.Restorer(pipeline.Settings(), _plan(weights_dir))
     reports = []
     with listening_within_item(lambda fraction, stage: reports.append((fraction, stage))):
-        restorer.run(pipeline._picture_from_array(scratched_photo(96, 128)))
+        restorer.run(Picture.from_array(scratched_photo(96, 128)))
     stages = [stage for _, stage in reports]
-    assert stages == ["detecting scratches", "encoding", "mapping", "mapping 1/4", "mapping 2/4", "mapping 3/4",
-                      "mapping 4/4", "decoding"]
+    begun = [stage for i, stage in enumerate(stages) if i == 0 or stage != stages[i - 1]]
+    assert begun == ["detecting scratches", "encoding", "mapping", "mapping 1/4", "mapping 2/4", "mapping 3/4",
+                     "mapping 4/4", "mapping", "decoding", "enhancing faces"]  # mapping: convolutions, attention
+    decoding = [fraction for fraction, stage in reports if stage == "decoding"]
+    assert len(decoding) > 3 and decoding[-1] > decoding[0]  # the decoder reports as its layers finish
     fractions = [fraction for fraction, _ in reports]
     assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] < 1
 
 
+def test_stage_shares_follow_the_measured_seconds():
+    progress = pipeline.photo_progress(pipeline.Settings(faces=False), 512, 512)
+    seconds = {"detecting scratches": pipeline.STAGE_SECONDS["detecting scratches"],
+               "encoding": pipeline.STAGE_SECONDS["encoding"],
+               "mapping": sum(pipeline.MAPPING_SECONDS["scratch"].values()),
+               "decoding": pipeline.STAGE_SECONDS["decoding"]}
+    assert progress.shares == pytest.approx({stage: value / sum(seconds.values()) for stage, value in seconds.items()})
+    larger = pipeline.photo_progress(pipeline.Settings(faces=False), 1024, 1024)
+    assert larger.shares["mapping"] > progress.shares["mapping"]  # the attention grows with the area squared
+
+
 def test_export_of_a_restore_model_writes_its_four_graphs(weights_dir, tmp_path, monkeypatch):
-    from imgforge.export import export_model
+    from imgforge.onnx.export import export_model
 
     report = export_model(tmp_path / "graphs", "oldphoto-scratch", weights_dir=weights_dir, quiet=True)
     assert sorted(path.name for path in report.graphs) == ["detector.onnx", "mapping.onnx", "vae_a_encoder.onnx",

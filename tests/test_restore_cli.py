@@ -137,6 +137,18 @@ def test_conflicting_options_are_one_line_errors(served, photos, tmp_path, capfd
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("args,options", [
+    (["--backend", "onnx", "--precision", "bf16"], ("--backend onnx", "--precision bf16")),
+    (["--device", "cpu", "--precision", "fp16"], ("--precision fp16 with --device cpu",)),
+])
+def test_options_that_cannot_run_together_are_refused_before_any_download(served, photos, tmp_path, capfd, args,
+                                                                            options):
+    assert main(["restore", str(photos / "coffee.jpg"), "-o", str(tmp_path / "x.png"), *args]) == 2
+    err = capfd.readouterr().err.strip()
+    assert all(option in err for option in options) and len(err.splitlines()) == 1
+    assert served.requests == []  # the run plan is checked before anything is fetched
+
+
 def test_one_mask_file_for_many_inputs_is_refused(served, photos, tmp_path, capfd):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mask.png")
     assert main(["restore", str(photos), "-o", str(tmp_path / "out"), "--mask", str(tmp_path / "mask.png")]) == 1

@@ -150,7 +150,7 @@ def test_a_folder_without_weights_is_a_clear_error(tmp_path, capfd):
 def test_fp16_on_the_cpu_is_refused(tiny_folder, tmp_path, capfd):
     rc = main(["sample", "-m", str(tiny_folder), "-n", "1", "--device", "cpu", "--precision", "fp16",
                "-o", str(tmp_path / "o")])
-    assert rc == 1 and "fp16 is not supported on the CPU" in capfd.readouterr().err
+    assert rc == 2 and "fp16 is not supported on the CPU" in capfd.readouterr().err  # a usage error
 
 
 def test_bf16_stays_close_to_fp32(tiny_folder):

@@ -17,6 +17,7 @@ from imgforge.pipelines.translate import (
     tensor_to_uint8,
     translate_image,
 )
+from imgforge.plan import RunPlan
 
 
 def tiny(netG="unet_256", norm="batch", dropout=True, ngf=4, seed=0, **channels):
@@ -184,8 +185,8 @@ def test_onnx_backend_matches_torch(tmp_path, monkeypatch):
     net = tiny()
     images = [Image.fromarray(picture(64, 64, seed=i)) for i in range(2)]
     for mode in ("official", "eval"):
-        torch_run = Translator(net, mode=mode, seed=5, backend="torch")
-        onnx_run = Translator(net, mode=mode, seed=5, backend="onnx")
+        torch_run = Translator(net, mode=mode, seed=5, plan=RunPlan.resolve(backend="torch"))
+        onnx_run = Translator(net, mode=mode, seed=5, plan=RunPlan.resolve(backend="onnx"))
         tensors = [torch_run.prepare(image).tensor for image in images]
         expected = torch_run.run(tensors)
         actual = onnx_run.run(tensors)
@@ -198,5 +199,5 @@ def test_bf16_stays_close_to_fp32():
     net = tiny("resnet_6blocks", "instance", dropout=False)
     image = picture(32, 32)
     full = Translator(net, mode="eval")(image).astype(int)
-    half = Translator(net, mode="eval", precision="bf16")(image).astype(int)
+    half = Translator(net, mode="eval", plan=RunPlan.resolve(precision="bf16"))(image).astype(int)
     assert np.abs(full - half).max() <= 8

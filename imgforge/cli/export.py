@@ -34,7 +34,7 @@ def export(
 
     One graph per network (dynamic batch, height and width), each checked with onnx.checker and run by ONNX
     Runtime at two sizes against torch before it is reported, with a JSON sidecar."""
-    from ..export import export_model
+    from ..onnx.export import export_model
 
     report = export_model(output, model, checkpoint, precision=precision.lower(), mode=mode, offline=offline,
                           weights_dir=weights_dir, quiet=quiet)

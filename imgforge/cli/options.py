@@ -39,7 +39,9 @@ JsonReport = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; errors only.")]
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
 Precision = Annotated[str, typer.Option("--precision", metavar="NAME",
-                                        help="fp32 (default), bf16, or fp16 (GPU only).")]
+                                        help="fp32 (default), bf16, fp16 (GPU only), or auto: bf16 where the "
+                                        "device computes it natively (AMX/AVX512-BF16 CPUs, Ampere+ GPUs), "
+                                        "else fp32.")]
 Backend = Annotated[str, typer.Option("--backend", metavar="NAME",
                                       help="torch, or onnx (exported once, run with onnxruntime).")]
 Offline = Annotated[

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .. import hub, manifest, runtime
+from .. import device as devices
+from .. import hub, manifest
 from ..batch import Job, expand_inputs
 from ..checkpoint import load_state_dict
 from ..engine import BatchReport, EngineOptions, execute
@@ -100,7 +101,7 @@ class InceptionFeatures:
 
     def __init__(self, options: FeatureOptions = FeatureOptions()):
         self.options = options
-        self.device = runtime.select_device(options.device)
+        self.device = devices.select_device(options.device)
         self.net = load_inception(options.dims, offline=options.offline, weights_dir=options.weights_dir,
                                   quiet=options.quiet).to(self.device)
 
@@ -139,7 +140,7 @@ class FeatureTask:
 
     def setup(self) -> FeatureWorker:
         options = self.options
-        device = runtime.select_device(options.device)
+        device = devices.select_device(options.device)
         net = load_inception(options.dims, offline=options.offline, weights_dir=options.weights_dir,
                              quiet=options.quiet)
         return FeatureWorker(net.to(device), device, options)

@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .. import hub, manifest, runtime, storage
+from .. import device as devices
+from .. import hub, manifest, storage
 from ..batch import Job, expand_inputs
 from ..checkpoint import load_state_dict
 from ..engine import BatchReport, EngineOptions, execute
@@ -136,7 +137,7 @@ class PairTask:
     label: str = "comparing"
 
     def setup(self) -> PairWorker:
-        device = runtime.select_device(self.device)
+        device = devices.select_device(self.device)
         net = None
         if "lpips" in self.metrics:
             net = load_lpips(offline=self.offline, weights_dir=self.weights_dir, quiet=self.quiet).to(device)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .registry import Descriptor, Export, Family, check_overrides, construct, parameter_count, register
-from .vae import load_official_weights
+from .oldphoto_blocks import load_official_weights
+from .registry import Descriptor, Export, Family, RunPolicy, check_overrides, construct, parameter_count, register
 
 SPADE_HIDDEN = 128  # SPADE's nhidden, fixed in the official code
 LATENT_DIVISOR = 32  # five x2 upsamplings from the S/32 start
@@ -199,4 +199,5 @@ register(Family(
     "face_spade", "face_spade", "restore", "old-photo face enhancement (SPADE generator, no parsing map)",
     detect=is_face_generator, load=load_face_weights, describe=describe_face_generator,
     build=lambda config: construct("face_spade", FaceSPADEGenerator, config),
+    policy=RunPolicy(reduced="autocast"),
 ))

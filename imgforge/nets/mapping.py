@@ -7,22 +7,33 @@ NonLocal_feature_mapping_model.py):
   computing the official inference_forward (what the HR path runs).
 
 z is the VAE latent (N, 64, h, w); mask is the image-size scratch mask (N, 1, H, W) in {0, 1}, 1 = scratch;
-each attention block resizes it to the latent size as the official code does. `on_chunk(done, total)`, if
-given, is called as the attention proceeds (chunks of queries; the HR model's three scales). Keys and shapes equal the
-official `latest_net_mapping_net.pth` files (no remap). `chunk_bytes` bounds the attention's affinity tile.
+each attention block resizes it to the latent size as the official code does. `on_progress(part, done,
+detail)`, if given, is called as the network proceeds: `part` is "convolutions" (the quality model), or
+"before attention", "attention" (chunks of queries; the HR model's three scales with their residual blocks)
+and "after attention"; `done` is the share of that part done (0 to 1), `detail` the chunks or scales done
+("3/64"). Keys and shapes equal the official `latest_net_mapping_net.pth` files (no remap). `chunk_bytes`
+bounds the attention's affinity tile.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
-from .nonlocal_attention import DEFAULT_CHUNK_BYTES, ChunkCallback, PartialNonLocalBlock, PatchAttention
+from .nonlocal_attention import DEFAULT_CHUNK_BYTES, PartialNonLocalBlock, PatchAttention
+from .oldphoto_blocks import ResnetBlock, load_official_weights, run_sequential
+from .oldphoto_onnx import mapping_graph
 from .registry import Descriptor, Export, Family, check_overrides, construct, parameter_count, register
-from .vae import ResnetBlock, load_official_weights, run_sequential
 
 LATENT_CHANNELS = 64  # the official mapping networks hard-code it (tmp_nc)
+PartProgress = Callable[[str, float, str], None]  # (part of the network, share of it done, e.g. "3/64")
+
+
+def _ignore(part: str, done: float, detail: str) -> None:
+    pass
 
 
 def _widening(mc: int) -> list[nn.Module]:
@@ -52,8 +63,9 @@ class QualityMapping(nn.Module):
         super().__init__()
         self.model = nn.Sequential(*_widening(mc), *_res_blocks(mc, n_blocks), *_narrowing(mc))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return run_sequential(self.model, z)
+    def forward(self, z: torch.Tensor, on_progress: PartProgress | None = None) -> torch.Tensor:
+        report = on_progress or _ignore
+        return run_sequential(self.model, z, lambda done: report("convolutions", done, ""))
 
 
 class ScratchMapping(nn.Module):
@@ -63,10 +75,11 @@ class ScratchMapping(nn.Module):
         self.NL = PartialNonLocalBlock(mc, chunk_bytes)
         self.after_NL = nn.Sequential(*_res_blocks(mc, n_blocks), *_narrowing(mc))
 
-    def forward(self, z: torch.Tensor, mask: torch.Tensor, on_chunk: ChunkCallback | None = None) -> torch.Tensor:
-        features = run_sequential(self.before_NL, z)
-        features = self.NL(features, mask, on_chunk)
-        return run_sequential(self.after_NL, features)
+    def forward(self, z: torch.Tensor, mask: torch.Tensor, on_progress: PartProgress | None = None) -> torch.Tensor:
+        report = on_progress or _ignore
+        features = run_sequential(self.before_NL, z, lambda done: report("before attention", done, ""))
+        features = self.NL(features, mask, lambda done, total: report("attention", done / total, f"{done}/{total}"))
+        return run_sequential(self.after_NL, features, lambda done: report("after attention", done, ""))
 
 
 class PatchAttentionMapping(nn.Module):
@@ -82,14 +95,14 @@ class PatchAttentionMapping(nn.Module):
         self.NL_scale_3 = PatchAttention(mc, 2, chunk_bytes)
         self.after_NL = nn.Sequential(*_res_blocks(mc, 2), *_narrowing(mc))
 
-    def forward(self, z: torch.Tensor, mask: torch.Tensor, on_chunk: ChunkCallback | None = None) -> torch.Tensor:
-        x = run_sequential(self.before_NL, z)
+    def forward(self, z: torch.Tensor, mask: torch.Tensor, on_progress: PartProgress | None = None) -> torch.Tensor:
+        report = on_progress or _ignore
+        x = run_sequential(self.before_NL, z, lambda done: report("before attention", done, ""))
         for scale, (attention, after) in enumerate(((self.NL_scale_1, self.res_block_1),
                                                     (self.NL_scale_2, self.res_block_2),
                                                     (self.NL_scale_3, self.after_NL))):
             x = run_sequential(after, attention(x, mask))
-            if on_chunk is not None:
-                on_chunk(scale + 1, 3)
+            report("attention", (scale + 1) / 3, f"{scale + 1}/3")
         return x
 
 
@@ -145,8 +158,6 @@ def build_mapping_config(config: dict) -> nn.Module:
 
 
 def describe_mapping(net: nn.Module) -> Descriptor:
-    from .oldphoto_onnx import mapping_graph
-
     state = net.state_dict()
     kind = mapping_kind(state)
     masked = kind != "quality"

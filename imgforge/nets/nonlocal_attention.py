@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .vae import ResnetBlock, conv2d_banded
+from .oldphoto_blocks import ResnetBlock, conv2d_banded
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # one affinity tile (query rows x all keys, float32) where no fused kernel runs
 QUERY_CHUNK_ROWS = 4096  # queries per fused attention call: the unit of progress and of temporary memory

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nonlocal_attention import latent_validity
-from .vae import ResnetBlock
+from .oldphoto_blocks import ResnetBlock
 
 # Elements of one (batch x query rows x positions) affinity tile in the exported attention loop: 64 MB in
 # float32, so the scratch mapping's memory stays bounded at any photo size without a new export.

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .registry import Descriptor, Export, Family, construct, parameter_count, register
+from .registry import Descriptor, Export, Family, RunPolicy, construct, parameter_count, register
 
 NETGS = ("unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
 NORMS = ("batch", "instance", "none")
@@ -466,13 +466,17 @@ def _builder(netGs: tuple[str, ...]):
     return build
 
 
+# both generators keep float32 weights under autocast in a reduced precision (as translate has run them)
+AUTOCAST = RunPolicy(reduced="autocast")
 register(Family(
     "pix2pix_unet", "pix2pix", "translate", "pix2pix U-Net generator (unet_128, unet_256)",
     detect=lambda state: "model.model.0.weight" in state,
     load=load_generator_weights, describe=describe_generator, build=_builder(tuple(_UNET_DOWNS)),
+    policy=AUTOCAST,
 ))
 register(Family(
     "pix2pix_resnet", "pix2pix", "translate", "CycleGAN/pix2pix ResNet generator (resnet_6blocks, resnet_9blocks)",
     detect=lambda state: "model.1.weight" in state and any(_RESNET_BLOCK.match(k) for k in state),
     load=load_generator_weights, describe=describe_generator, build=_builder(tuple(_RESNET_BLOCKS)),
+    policy=AUTOCAST,
 ))

@@ -69,6 +69,25 @@ class Descriptor:
 
 
 @dataclass(frozen=True)
+class RunPolicy:
+    """How a family's networks run, known before any weights are read (the run plan is checked against it, and
+    imgforge.runtime applies it, for torch and ONNX alike): the precisions and backends it supports; `float32`:
+    it computes in float32 whatever is asked (its output is thresholded, so a reduced precision would flip
+    decisions: the scratch detector); `reduced`: how a reduced precision is applied, "cast" (a copy of the
+    weights in that dtype: faster on CPUs, where autocast re-casts the weights on every call) or "autocast"
+    (float32 weights, convolutions and matmuls in the reduced dtype)."""
+
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
+    backends: tuple[str, ...] = ("torch", "onnx")
+    float32: bool = False
+    reduced: str = "cast"
+
+    def dtype(self, asked: torch.dtype) -> torch.dtype:
+        """The dtype a network of this family computes in when `asked` is the run's."""
+        return torch.float32 if self.float32 else asked
+
+
+@dataclass(frozen=True)
 class Family:
     """One architecture. `arch` is the manifest's name for it (several families may share one: "pix2pix"
     is both generators, "oldphoto" the restoration networks). `detect(state_dict)` looks at keys only;
@@ -76,7 +95,8 @@ class Family:
     strictly; `describe(module, **settings)` gives its Descriptor (settings: test-time options that change
     what is exported, e.g. pix2pix's mode); `build(config)` makes a fresh network on the CPU in training mode,
     randomly initialised as the family's original training code initialises it, from a hyperparameter dict
-    (the Descriptor's `hyperparameters`; an unknown key or value is a ModelError)."""
+    (the Descriptor's `hyperparameters`; an unknown key or value is a ModelError); `policy`: how it runs
+    (precisions, backends, float32 layers)."""
 
     name: str
     arch: str
@@ -86,6 +106,7 @@ class Family:
     load: Callable[..., nn.Module]
     describe: Callable[..., Descriptor]
     build: Callable[[dict], nn.Module]
+    policy: RunPolicy = RunPolicy()
 
 
 @dataclass

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Descriptor, Export, Family, check_overrides, construct, parameter_count, register, unwrap
-from .vae import load_official_weights
+from .oldphoto_blocks import load_official_weights
+from .registry import (Descriptor, Export, Family, RunPolicy, check_overrides, construct, parameter_count, register,
+                       unwrap)
 
 
 class BlurDownsample(nn.Module):
@@ -65,10 +66,6 @@ class UpBlock(nn.Module):
 class ScratchUNet(nn.Module):
     """forward(x: (N, in_channels, H, W) in [-1, 1]) -> logits (N, out_channels, H, W); H, W multiples of
     2**depth (the skip features must match the upsampled ones exactly)."""
-
-    # Its thresholded output decides which pixels get repainted, so it runs in float32 whatever the
-    # requested precision (runtime.place): the mask is the same as the fp32 one.
-    float32_only = True
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, depth: int = 4, conv_num: int = 2,
                  wf: int = 6, batch_norm: bool = True, with_tanh: bool = False):
@@ -165,4 +162,7 @@ register(Family(
     and "down_path.0.block.1.weight" in unwrap(state, "model_state"),
     load=load_detector_weights, describe=describe_detector,
     build=lambda config: construct("oldphoto_detector", ScratchUNet, config),
+    # its thresholded output decides which pixels get repainted: float32 at any requested precision keeps the
+    # mask the fp32 one
+    policy=RunPolicy(float32=True),
 ))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from ..errors import ImgforgeError
 from ..faces import align
 from ..faces.detect import DETECTORS, DlibDetector, FaceDetector, YuNetDetector
 from ..nets import registry
+from ..plan import RunPlan
 from ..progress import console
 
 GENERATORS = {256: "face-enhance-256", 512: "face-enhance-512"}
@@ -56,26 +58,29 @@ def to_uint8(generated: torch.Tensor) -> np.ndarray:
 class FaceEnhancer:
     """The detector and the generator of one face size, loaded once; `__call__` runs the stage on a photo."""
 
-    def __init__(self, *, size: int = 256, detector: str = "yunet", device: torch.device,
-                 dtype: torch.dtype = torch.float32, backend: str = "torch", offline: bool | None = None,
-                 weights_dir: hub.WeightsDirs = None, quiet: bool = False):
+    def __init__(self, *, size: int = 256, detector: str = "yunet", plan: RunPlan = RunPlan()):
         if detector not in DETECTORS:
             raise ImgforgeError(f"unknown face detector {detector!r}: use {' or '.join(DETECTORS)}")
         self.size = size
         self.entry = manifest.get_model(GENERATORS[size])
         detector_entry = manifest.get_model(DETECTOR_MODELS[detector])
-        detector_file = fetch_face_file(detector_entry, next(iter(detector_entry.files)), weights_dir, offline, quiet)
+        detector_file = fetch_face_file(detector_entry, next(iter(detector_entry.files)), plan)
         self.detector: FaceDetector = (DlibDetector if detector == "dlib" else YuNetDetector)(detector_file)
-        weights = load_state_dict(fetch_face_file(self.entry, "generator", weights_dir, offline, quiet))
+        weights = load_state_dict(fetch_face_file(self.entry, "generator", plan))
         generator, family = registry.load(weights, "face_spade", **self.entry.config)
         export = family.describe(generator, size=size).exports[0]
+        device = plan.torch_device()
         # channels-last convolutions: ~25% faster on the CPU (6.4 -> 4.8 s per 256 px face, 2 threads)
-        self.memory_format = torch.channels_last if backend == "torch" and device.type in ("cpu", "cuda") else None
-        self.generator = runtime.make_runner(generator, backend=backend, device=device, dtype=dtype, export=export,
-                                             memory_format=self.memory_format)
+        self.memory_format = (torch.channels_last if plan.backend == "torch" and device.type in ("cpu", "cuda")
+                              else None)
+        self.generator = runtime.make_runner(generator, backend=plan.backend, device=device, dtype=plan.dtype(device),
+                                             export=export, memory_format=self.memory_format, policy=family.policy)
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceCrop]]:
-        """(the photo with its faces enhanced, uint8 H x W x 3; the faces in detection order)."""
+    def __call__(self, image: np.ndarray,
+                 on_progress: Callable[[float, str], None] | None = None) -> tuple[np.ndarray, list[FaceCrop]]:
+        """(the photo with its faces enhanced, uint8 H x W x 3; the faces in detection order).
+        `on_progress(fraction, detail)`: called after each batch of faces (the generator is nearly all the
+        stage's time)."""
         placed, aligned = [], []
         for face in self.detector.detect(image):
             result = align.align(image, face.points5, self.size)
@@ -90,15 +95,16 @@ class FaceEnhancer:
             if self.memory_format is not None:
                 faces = faces.contiguous(memory_format=self.memory_format)
             enhanced.extend(to_uint8(self.generator(faces)))
+            if on_progress is not None:
+                on_progress(len(enhanced) / len(aligned), f"{len(enhanced)}/{len(aligned)}")
         blended = align.blend(image, list(zip(placed, enhanced)), self.size)
         return blended, [FaceCrop(a, e) for a, e in zip(aligned, enhanced)]
 
 
-def fetch_face_file(entry: manifest.ModelEntry, role: str, folder: hub.WeightsDirs, offline: bool | None,
-                    quiet: bool) -> Path:
+def fetch_face_file(entry: manifest.ModelEntry, role: str, plan: RunPlan) -> Path:
     """A face-stage file, as hub.fetch_file finds, downloads and verifies it: only in the folders given (the
     official repository, its Face_Enhancement/checkpoints or a flat folder) and the official layout below them,
     checked against the manifest's and the lock's sha256 like every weights file."""
-    if not quiet:
+    if not plan.quiet:
         console.print(f"loading {entry.name}", markup=False, highlight=False)
-    return hub.fetch_file(entry, role, offline=offline, weights_dir=folder, quiet=quiet)
+    return hub.fetch_file(entry, role, offline=plan.offline, weights_dir=plan.weights_dir, quiet=plan.quiet)

@@ -18,7 +18,7 @@ computation runs as a sequence of stages over one in-memory `Work` item (docs/re
 
 from __future__ import annotations
 
-import functools
+import itertools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,14 +31,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import hub, imageio, manifest, runtime
-from ..batch import IMAGE_EXTENSIONS, Job, plan_jobs
+from ..batch import Job, pair_inputs, paired_files, plan_jobs
 from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, InputError, RunWideError
 from ..imageio import Picture
 from ..nets import registry
 from ..nets.mapping import mapping_kind
-from ..progress import console, report_within_item
+from ..plan import RunPlan
+from ..progress import StagedProgress, console
 from ..storage import location
 from .faces import FaceCrop, FaceEnhancer
 
@@ -52,14 +53,16 @@ MIN_SIDE = 16  # the VAE's reflection paddings need a latent of a few pixels
 MASK_OUTPUT = "_mask.png"  # --save-mask: <output stem>_mask.png beside each output
 # --save-faces: the aligned and the enhanced faces, side by side in detection order, beside each output
 FACE_OUTPUTS = ("_faces_aligned.png", "_faces_enhanced.png")
-# Nominal work (FLOP) of the official networks, which weighs each step in a photo's progress: per detector
-# input pixel, per image pixel of one VAE pass, per latent position of the mapping's convolutions (and of
-# those before its attention), per pair of latent positions of the scratch attention.
-DETECTOR_WORK = 2.2e6
-VAE_WORK = 9.7e4
-MAPPING_WORK = {"quality": 7.2e7, "scratch": 1.03e8, "hr": 1.5e8}
-BEFORE_ATTENTION_WORK = {"scratch": 7.8e6, "hr": 2.7e7}
-ATTENTION_WORK = 4 * 512
+# Seconds each stage took on a 512 x 512 photo (fp32, official networks with random weights, 2 threads on a
+# shared AVX-512 machine; benchmarks/restore_stages.py, docs/restore.md): the stages' shares of a photo's
+# progress, so that the bar moves at a steady rate. They scale with the photo as the work does: the detector
+# sees a short side of 256 whatever the photo, the VAEs and the convolutions grow with the area, the scratch
+# attention with the square of the area; the face stage counts one face (each takes about as long).
+STAGE_SECONDS = {"detecting scratches": 2.1, "encoding": 2.5, "decoding": 2.0, "enhancing faces": 4.7}
+MAPPING_SECONDS = {"quality": {"convolutions": 17.5},
+                   "scratch": {"before attention": 2.7, "attention": 4.4, "after attention": 22.8},
+                   "hr": {"before attention": 4.7, "attention": 27.8}}
+MEASURED_PIXELS = 512 * 512
 
 
 @dataclass
@@ -70,36 +73,41 @@ class Work:
     image: np.ndarray
     mask: np.ndarray | None = None
     faces: list[FaceCrop] = field(default_factory=list)
-    progress: PhotoProgress | None = None
+    progress: StagedProgress = field(default_factory=lambda: StagedProgress({}))
 
 
-class PhotoProgress:
-    """How far one photo has got, for the batch's bar (progress.report_within_item): each step's share is
-    its nominal work at the photo's size, so that the ETA holds from the first step on; the mapping moves
-    with the attention's chunks, which are nearly all of the work on large photos."""
+def photo_progress(settings: Settings, width: int, height: int) -> StagedProgress:
+    """A photo's stages (at its processing size) weighted by their measured seconds, scaled to its size."""
+    if settings.faces_only:
+        return StagedProgress({"enhancing faces": STAGE_SECONDS["enhancing faces"]})
+    area = width * height / MEASURED_PIXELS
+    costs = {"detecting scratches": STAGE_SECONDS["detecting scratches"] * max(width, height) / min(width, height)
+             } if settings.scratches else {}
+    costs.update({"encoding": STAGE_SECONDS["encoding"] * area,
+                  "mapping": sum(_mapping_seconds(settings.kind, area).values()),
+                  "decoding": STAGE_SECONDS["decoding"] * area})
+    if settings.faces:
+        costs["enhancing faces"] = STAGE_SECONDS["enhancing faces"]
+    return StagedProgress(costs)
 
-    def __init__(self, settings: Settings, width: int, height: int):
-        latent = width * height / 16
-        detector = DETECTOR_WORK * DETECTION_SHORT_SIDE**2 * max(width, height) / min(width, height)
-        self.kind = settings.kind
-        attention = ATTENTION_WORK * latent**2 if self.kind == "scratch" else 0.0
-        self.steps = {"detecting scratches": detector if settings.scratches else 0.0,
-                      "encoding": VAE_WORK * width * height, "mapping": MAPPING_WORK[self.kind] * latent + attention,
-                      "decoding": VAE_WORK * width * height}
-        self.before_attention = BEFORE_ATTENTION_WORK.get(self.kind, 0.0) * latent
-        self.attention = attention if self.kind == "scratch" else self.steps["mapping"] - self.before_attention
-        self.done, self.current = 0.0, None
 
-    def begin(self, step: str) -> None:
-        if self.current is not None:
-            self.done += self.steps[self.current]
-        self.current = step
-        report_within_item(self.done / sum(self.steps.values()), step)
+def _mapping_seconds(kind: str, area: float) -> dict[str, float]:
+    """The mapping's parts at a photo `area` times the measured one's (the scratch attention grows with the
+    area squared, everything else with the area)."""
+    return {part: seconds * (area**2 if (kind, part) == ("scratch", "attention") else area)
+            for part, seconds in MAPPING_SECONDS[kind].items()}
 
-    def chunk_done(self, done: int, total: int) -> None:
-        """`done` of `total` chunks of the mapping's attention (or scales of the HR model's) are done."""
-        within = self.before_attention + self.attention * done / total
-        report_within_item((self.done + within) / sum(self.steps.values()), f"{self.current} {done}/{total}")
+
+def mapping_progress(progress: StagedProgress, kind: str, area: float) -> Callable[[str, float, str], None]:
+    """The mapping network's on_progress(part, done, detail) as progress within the mapping stage."""
+    seconds = _mapping_seconds(kind, area)
+    total = sum(seconds.values())
+    starts = dict(zip(seconds, itertools.accumulate([0.0, *seconds.values()])))
+
+    def report(part: str, done: float, detail: str) -> None:
+        progress.within((starts[part] + seconds[part] * done) / total, detail)
+
+    return report
 
 
 @dataclass
@@ -155,50 +163,51 @@ class Settings:
 # part of it the restoration runs (None: the whole network).
 ROLES = {"detector": ("oldphoto_detector", "detector", None), "vae_a": ("oldphoto_vae", "vae", ("encoder",)),
          "mapping": ("oldphoto_mapping", "mapping", None), "vae_b": ("oldphoto_vae", "vae", ("decoder",))}
+METHODS = {"vae_a": "encode", "vae_b": "decode"}  # the VAE method each role's torch runner calls
+
+
+def restore_model(name: str) -> manifest.ModelEntry:
+    """A zoo restore model's entry, its files checked against ROLES (nothing is fetched)."""
+    entry = manifest.get_model(name)
+    if entry.task != "restore":
+        raise ImgforgeError(f"model '{entry.name}' is a {entry.task} model, not a restore model")
+    unknown = sorted(set(entry.files) - set(ROLES))
+    if unknown or not {"vae_a", "mapping", "vae_b"} <= set(entry.files):
+        raise ImgforgeError(f"model '{entry.name}': a restore model has the files "
+                            f"{', '.join(ROLES)} (detector optional), not {', '.join(entry.files)}")
+    return entry
+
+
+def check_plan(plan: RunPlan, settings: Settings, model: str | None = None) -> None:
+    """UsageError, before anything is fetched, when a network of this restoration cannot run in `plan`."""
+    families = [] if settings.faces_only else [ROLES[role][0] for role in restore_model(
+        model or MODELS[settings.kind]).files]
+    plan.check_networks(registry.get_family(name) for name in [*families, *["face_spade"] * settings.faces])
 
 
 class Restorer:
     """The networks of one restoration model, loaded once through the registry, and the stages that use them.
     `model` (a zoo name) defaults to the official model of `settings.kind`; given, the settings' kind follows
-    the model's networks (its mapping's kind, a detector or not)."""
+    the model's networks (its mapping's kind, a detector or not). `plan`: device, precision, backend, weights
+    folders (imgforge.plan)."""
 
-    def __init__(self, settings: Settings, *, model: str | None = None, device: str = "auto",
-                 precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                 weights_dir: hub.WeightsDirs = None, quiet: bool = False):
-        runtime.check_backend(backend)
-        self.device = runtime.select_device(device)
-        self.dtype = runtime.select_dtype(precision, self.device)
-        self.faces = None
-        if settings.faces_only:
-            self.settings = settings
-            self.faces = _face_enhancer(settings, self.device, self.dtype, backend, offline, weights_dir, quiet)
-            self.entry = self.faces.entry
-            return
-        self.entry = manifest.get_model(model or MODELS[settings.kind])
-        if self.entry.task != "restore":
-            raise ImgforgeError(f"model '{self.entry.name}' is a {self.entry.task} model, not a restore model")
-        paths = _fetch(self.entry, offline, weights_dir, quiet)
-        unknown = sorted(set(paths) - set(ROLES))
-        if unknown or not {"vae_a", "mapping", "vae_b"} <= set(paths):
-            raise ImgforgeError(f"model '{self.entry.name}': a restore model has the files "
-                                f"{', '.join(ROLES)} (detector optional), not {', '.join(paths)}")
-        self.networks = [self._load(role, path) for role, path in paths.items()]
-        place = (functools.partial(runtime.place, device=self.device, dtype=self.dtype) if backend == "torch"
-                 else lambda module: module)  # ONNX Runtime runs the graphs; the modules stay for export
-        nets = {network.role: place(network.module) for network in self.networks}
-        self.vae_a, self.mapping, self.vae_b = (nets[role] for role in ("vae_a", "mapping", "vae_b"))
-        self.detector = nets.get("detector")
-        kind = mapping_kind(self.mapping.state_dict())
-        if model is not None:
-            settings = replace(settings, scratches=kind != "quality", hr=kind == "hr")
-        if kind != settings.kind or (self.detector is None) == settings.scratches:
-            raise ImgforgeError(f"model '{self.entry.name}' has a {kind} mapping"
-                                f"{'' if self.detector else ' and no detector'}; it cannot restore {settings.kind}")
+    def __init__(self, settings: Settings, plan: RunPlan, *, model: str | None = None):
+        self.plan = plan
+        self.device = plan.torch_device()
+        self.dtype = plan.dtype(self.device)
+        self.entry: manifest.ModelEntry | None = None
+        self.networks: list[registry.Network] = []
+        self.run_network: dict[str, Callable] = {}
+        self.faces: FaceEnhancer | None = None
+        if not settings.faces_only:
+            self.entry = restore_model(model or MODELS[settings.kind])
+            self.networks = [self._load(role, path) for role, path in _fetch(self.entry, plan).items()]
+            settings = self._fitted(settings, given_model=model is not None)
+            self.run_network = {network.role: self._runner(network) for network in self.networks}
         self.settings = settings
         if settings.faces:
-            self.faces = _face_enhancer(settings, self.device, self.dtype, backend, offline, weights_dir, quiet)
-        self.backend = backend
-        self.run_network = self._torch_calls() if backend == "torch" else self._onnx_calls()
+            self.faces = FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, plan=plan)
+            self.entry = self.entry or self.faces.entry
 
     def _load(self, role: str, path: Path) -> registry.Network:
         family, config_key, parts = ROLES[role]
@@ -208,33 +217,34 @@ class Restorer:
                                 f"{family}")
         return registry.Network(role, net, found, source=path, parts=parts)
 
-    def _torch_calls(self) -> dict[str, Callable]:
-        """Each network called on inputs cast to the precision it was placed in (runtime.place)."""
-        def cast(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-            return x.to(runtime.dtype_of(net))
+    def _fitted(self, settings: Settings, given_model: bool) -> Settings:
+        """The settings the loaded networks can restore: a model given by name decides the kind."""
+        modules = {network.role: network.module for network in self.networks}
+        kind = mapping_kind(modules["mapping"].state_dict())
+        has_detector = "detector" in modules
+        if given_model:
+            settings = replace(settings, scratches=kind != "quality", hr=kind == "hr")
+        if kind != settings.kind or has_detector != settings.scratches:
+            raise ImgforgeError(f"model '{self.entry.name}' has a {kind} mapping"
+                                f"{'' if has_detector else ' and no detector'}; it cannot restore {settings.kind}")
+        return settings
 
-        return {"detector": lambda x: self.detector(cast(self.detector, x)),
-                "vae_a": lambda x: self.vae_a.encode(cast(self.vae_a, x)),
-                "mapping": lambda latent, *mask, **chunks: self.mapping(cast(self.mapping, latent), *mask, **chunks),
-                "vae_b": lambda z: self.vae_b.decode(cast(self.vae_b, z))}
-
-    def _onnx_calls(self) -> dict[str, Callable]:
-        """One ONNX Runtime graph per network part (exported on first use, cached by weights)."""
-        calls = {}
-        for network in self.networks:
-            exports = network.exports()
-            if not exports:
-                raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
-                                   f"{network.role} has no ONNX graph yet; use --backend torch")
-            calls[network.role] = runtime.make_runner(network.module, backend="onnx", device=self.device,
-                                                      dtype=self.dtype, export=exports[0])
-        return calls
+    def _runner(self, network: registry.Network) -> Callable:
+        """One network's runner: torch (channels-last copies in the precision its family's policy gives) or
+        its ONNX graph (exported on first use, cached by weights)."""
+        exports = network.exports()
+        if self.plan.backend == "onnx" and not exports:
+            raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
+                               f"{network.role} has no ONNX graph yet; use --backend torch")
+        return runtime.make_runner(network.module, device=self.device, backend=self.plan.backend, dtype=self.dtype,
+                                   memory_format=torch.channels_last, export=exports[0] if exports else None,
+                                   policy=network.family.policy, method=METHODS.get(network.role))
 
     @property
     def provider(self) -> str:
-        """Where the global networks run: onnxruntime's provider in use, or torch's device."""
-        runner = getattr(self, "run_network", {}).get("vae_a")
-        return getattr(runner, "provider", f"torch:{self.device}")
+        """Where the networks run: onnxruntime's provider in use, or torch's device."""
+        runner = self.run_network.get("vae_a") or (self.faces.generator if self.faces else None)
+        return runner.provider
 
     def stages(self, given_mask: np.ndarray | None) -> list[Callable[[Work], Work]]:
         face_stage = [self.enhance_faces] if self.faces else []
@@ -254,7 +264,7 @@ class Restorer:
                              f"{picture.width}x{picture.height}; they must have the same size")
         size = _rounded_size(picture.width, picture.height, 16 if self.settings.scratches else 4,
                              self.settings.mode == "scale")
-        work = Work(np.asarray(picture.to_pil("RGB")), progress=PhotoProgress(self.settings, *size))
+        work = Work(np.asarray(picture.to_pil("RGB")), progress=photo_progress(self.settings, *size))
         for stage in self.stages(given_mask):
             work = stage(work)
         return _finish(work, picture)
@@ -274,7 +284,7 @@ class Restorer:
         return replace(work, image=_pil_resize(work.image, size, Image.BICUBIC))
 
     def detect_scratches(self, work: Work) -> Work:
-        _begin(work, "detecting scratches")
+        work.progress.begin("detecting scratches")
         grey = np.array(Image.fromarray(work.image).convert("L"))
         x = _normalised(torch.from_numpy(grey)[None, None])
         height, width = grey.shape
@@ -296,30 +306,37 @@ class Restorer:
         if work.mask is not None:  # irregular_hole_synthesize: scratch pixels become white
             image = np.where(work.mask[:, :, None], np.uint8(255), image)
         x = _normalised(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]).to(self.device)
+        torch_backend = self.plan.backend == "torch"  # ONNX graphs run whole: no progress inside them
         with torch.inference_mode():
-            _begin(work, "encoding")
-            latent = self.run_network["vae_a"](x)
-            _begin(work, "mapping")
+            work.progress.begin("encoding")
+            latent = self.run_network["vae_a"](x, **({"on_progress": work.progress.within} if torch_backend else {}))
+            work.progress.begin("mapping")
+            area = work.image.shape[0] * work.image.shape[1] / MEASURED_PIXELS
+            parts = {"on_progress": mapping_progress(work.progress, self.settings.kind, area)} if torch_backend else {}
             if work.mask is None:
-                mapped = self.run_network["mapping"](latent)
+                mapped = self.run_network["mapping"](latent, **parts)
             else:
                 mask = torch.from_numpy(work.mask)[None, None].to(self.device, torch.float32)
-                chunks = {"on_chunk": work.progress.chunk_done} if work.progress and self.backend == "torch" else {}
-                mapped = self.run_network["mapping"](latent, mask, **chunks)
-            _begin(work, "decoding")
-            generated = self.run_network["vae_b"](mapped).float()
+                mapped = self.run_network["mapping"](latent, mask, **parts)
+            work.progress.begin("decoding")
+            generated = self.run_network["vae_b"](mapped, **({"on_progress": work.progress.within} if torch_backend
+                                                              else {})).float()
         return replace(work, image=_to_uint8((generated.cpu() + 1.0) / 2.0, stretch=self.settings.stretch))
 
     def enhance_faces(self, work: Work) -> Work:
-        image, faces = self.faces(work.image)
+        work.progress.begin("enhancing faces")
+        image, faces = self.faces(work.image, work.progress.within)
         return replace(work, image=image, faces=faces)
 
 
 def load_model(name: str, **options) -> Restorer:
     """A restore model of the zoo by name (its global networks; the face stage's models are zoo entries of their
-    own), its kind (quality, scratch, HR) read from its networks; options go to Restorer (device=, precision=,
-    backend=, offline=, weights_dir=, quiet=)."""
-    return Restorer(Settings(faces=False), model=name, **options)
+    own), its kind (quality, scratch, HR) read from its networks; options make its RunPlan (device=,
+    precision=, backend=, offline=, weights_dir=, quiet=)."""
+    settings = Settings(faces=False)
+    plan = RunPlan.resolve(**options)
+    check_plan(plan, settings, name)
+    return Restorer(settings, plan, model=name)
 
 
 def load_networks(name: str, **options) -> list[registry.Network]:
@@ -330,26 +347,28 @@ def load_networks(name: str, **options) -> list[registry.Network]:
 def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
                   hr: bool = False, mask: Picture | np.ndarray | None = None, mask_dilation: int | None = None,
                   stretch: bool = True, faces: bool = True, faces_only: bool = False, face_detector: str = "yunet",
-                  device: str = "auto", precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                  weights_dir: hub.WeightsDirs = None, quiet: bool = True) -> RestoreResult:
+                  device: str = "auto", precision: str = "fp32", backend: str = "torch", threads: int | None = None,
+                  offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
+                  quiet: bool = True) -> RestoreResult:
     """Restore one image in memory: a Picture or an array (H x W [x 1|3|4], uint8, uint16 or float in [0, 1]).
     `mask`: a Picture or array of the image's size, scratches white/True. `faces`: enhance the faces after the
     global stage (`faces_only`: instead of it). Loads the networks on each call; restore() loads them once
     for many files."""
     settings = Settings(scratches, mode, hr, mask_dilation, stretch, faces, faces_only, face_detector)
     settings.check(has_mask=mask is not None)
-    picture = picture_or_array if isinstance(picture_or_array, Picture) else _picture_from_array(picture_or_array)
-    restorer = Restorer(settings, device=device, precision=precision, backend=backend, offline=offline,
-                        weights_dir=weights_dir, quiet=quiet)
-    return restorer.run(picture, None if mask is None else mask_array(mask))
+    plan = RunPlan.resolve(device=device, precision=precision, backend=backend, threads=threads, offline=offline,
+                           weights_dir=weights_dir, quiet=quiet)
+    check_plan(plan, settings)
+    picture = picture_or_array if isinstance(picture_or_array, Picture) else Picture.from_array(picture_or_array)
+    return Restorer(settings, plan).run(picture, None if mask is None else imageio.binary_mask(mask))
 
 
 def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None = None, *,
             scratches: bool = True, mode: str = "full", hr: bool = False, mask: str | os.PathLike | None = None,
             mask_dilation: int | None = None, save_mask: bool = False, stretch: bool = True, faces: bool = True,
             faces_only: bool = False, face_detector: str = "yunet", save_faces: bool = False, device: str = "auto",
-            backend: str = "torch",
-            precision: str = "fp32", recursive: bool = False, suffix: str = "", output_format: str | None = None,
+            backend: str = "torch", precision: str = "fp32", recursive: bool = False,
+            suffix: str = "", output_format: str | None = None,
             skip_existing: bool = False, quiet: bool = False, json: bool = False, offline: bool | None = None,
             weights_dir: hub.WeightsDirs = None, batch_size: int = 1,
             engine: EngineOptions | str | None = None, threads: int | None = None) -> BatchReport:
@@ -366,20 +385,19 @@ def restore(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str
     settings.check(has_mask=mask is not None, save_mask=save_mask)
     if batch_size < 1:
         raise ImgforgeError("--batch-size must be at least 1")
+    plan = RunPlan.resolve(device=device, precision=precision, backend=backend, threads=threads, offline=offline,
+                           weights_dir=weights_dir, quiet=quiet)
+    check_plan(plan, settings)
     engine = engine_options(engine)
     sources = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(item) for item in inputs]
-    given_masks = _mask_files(location(mask)) if mask is not None else []
+    given_masks = paired_files(location(mask)) if mask is not None else []
     jobs = plan_jobs(sources, None if output is None else str(output), recursive=recursive, suffix=suffix,
                      extension=output_format, default_suffix="_restored",
                      side_suffixes=[MASK_OUTPUT] * save_mask + [*FACE_OUTPUTS] * save_faces, also_read=given_masks)
     if mask is not None:
-        find_mask = _mask_finder(location(mask), len(jobs))
-        jobs = [replace(job, options=_mask_option(find_mask, job.source)) for job in jobs]
-    task = RestoreTask(settings, device=device, precision=precision, offline=offline,
-                       weights_dir=weights_dir, quiet=quiet,
-                       save_mask=save_mask, save_faces=save_faces, backend=backend,
-                       batch_size=batch_size)
-    return execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet,
+        jobs = pair_inputs(jobs, location(mask), "mask")
+    task = RestoreTask(settings, plan, save_mask=save_mask, save_faces=save_faces, batch_size=batch_size)
+    return execute(task, jobs, engine=engine, threads=plan.threads, skip_existing=skip_existing, quiet=quiet,
                    json_lines=json)
 
 
@@ -388,22 +406,15 @@ class RestoreTask:
     """restore's options for imgforge.engine; setup() loads the networks, once per worker."""
 
     settings: Settings
-    device: str
-    precision: str
-    offline: bool | None
-    weights_dir: hub.WeightsDirs
-    quiet: bool
-    save_mask: bool
-    save_faces: bool
-    backend: str = "torch"
+    plan: RunPlan
+    save_mask: bool = False
+    save_faces: bool = False
     batch_size: int = 1
     label: str = "restoring"
 
     def setup(self) -> RestoreWorker:
-        restorer = Restorer(self.settings, device=self.device, precision=self.precision, backend=self.backend,
-                            offline=self.offline, weights_dir=self.weights_dir, quiet=self.quiet)
-        if self.backend == "onnx" and not self.quiet:
-            console.print(f"running on {restorer.provider}", markup=False, highlight=False)
+        restorer = Restorer(self.settings, self.plan)
+        runtime.announce(self.plan, restorer.device, restorer.provider)
         return RestoreWorker(self, restorer)
 
 
@@ -417,7 +428,7 @@ class RestoreWorker:
         if "mask_error" in job.options:
             raise InputError(job.options["mask_error"])
         given = job.options.get("mask")
-        return imageio.read_image(job.source), mask_array(imageio.read_image(given)) if given else None
+        return imageio.read_image(job.source), imageio.binary_mask(imageio.read_image(given)) if given else None
 
     def group_key(self, item) -> None:
         return None
@@ -444,79 +455,13 @@ class RestoreWorker:
         return record
 
 
-def mask_array(mask: Picture | np.ndarray) -> np.ndarray:
-    """A user's mask -> bool H x W, True = scratch: a picture or uint8 array where its grey value is >= 128
-    (white marks scratches), a bool array as it is, a float array where >= 0.5."""
-    if isinstance(mask, Picture):
-        mask = np.asarray(mask.to_pil("L"))
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[:, :, 0]
-    elif mask.ndim == 3:
-        mask = np.asarray(Image.fromarray(_as_uint8(mask[:, :, :3])).convert("L"))
-    if mask.ndim != 2:
-        raise InputError(f"a mask must be H x W (or an image), not {mask.shape}")
-    if mask.dtype == bool:
-        return mask
-    if np.issubdtype(mask.dtype, np.floating):
-        return mask >= 0.5
-    return _as_uint8(mask) >= 128
-
-
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def _fetch(entry: manifest.ModelEntry, offline: bool | None, weights_dir: hub.WeightsDirs,
-           quiet: bool) -> dict[str, Path]:
-    if not quiet:
+def _fetch(entry: manifest.ModelEntry, plan: RunPlan) -> dict[str, Path]:
+    if not plan.quiet:
         console.print(f"loading {entry.name}", markup=False, highlight=False)
-    return hub.fetch_model(entry, offline=offline, weights_dir=weights_dir, quiet=quiet)
-
-
-def _face_enhancer(settings: Settings, device: torch.device, dtype: torch.dtype, backend: str, offline: bool | None,
-                   weights_dir: hub.WeightsDirs, quiet: bool) -> FaceEnhancer:
-    """The face stage: 512 px faces (FaceSR_512, the _HR scripts) with --hr, else 256 px."""
-    return FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, device=device,
-                        dtype=dtype, backend=backend, offline=offline, weights_dir=weights_dir, quiet=quiet)
-
-
-def _mask_files(mask: Path) -> list[Path]:
-    """The given mask file, or the images of a mask folder: inputs too, which no output may replace."""
-    if mask.is_dir():
-        return [path for path in mask.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS]
-    return [mask]
-
-
-def _mask_finder(mask: Path, job_count: int) -> Callable[[Path], Path]:
-    """Which mask file goes with an input, decided at plan time (a job carries its mask's path)."""
-    if mask.is_dir():
-        def in_folder(source: Path) -> Path:
-            for extension in sorted(IMAGE_EXTENSIONS):
-                for candidate in (mask / (source.stem + extension), mask / (source.stem + extension.upper())):
-                    if candidate.is_file():
-                        return candidate
-            raise InputError(f"no mask named {source.stem}.* in {mask}")
-
-        return in_folder
-    if not mask.is_file():
-        raise InputError(f"cannot read mask {mask}: no such file or folder")
-    if job_count > 1:
-        raise InputError(f"--mask {mask} is one file but there are {job_count} inputs; give a folder of masks "
-                         "named like the inputs")
-    return lambda source: mask
-
-
-def _mask_option(find_mask: Callable[[Path], Path], source: Path) -> dict:
-    """A job's mask, or why it has none (that file fails, the others go on)."""
-    try:
-        return {"mask": str(find_mask(source))}
-    except InputError as exc:
-        return {"mask_error": str(exc)}
-
-
-def _begin(work: Work, step: str) -> None:
-    if work.progress is not None:
-        work.progress.begin(step)
+    return hub.fetch_model(entry, offline=plan.offline, weights_dir=plan.weights_dir, quiet=plan.quiet)
 
 
 def _mask_stage(mask: np.ndarray) -> Callable[[Work], Work]:
@@ -585,26 +530,3 @@ def _finish(work: Work, picture: Picture) -> RestoreResult:
     if work.mask is not None:
         mask = cv2.resize(work.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
     return RestoreResult(pixels=pixels, alpha=picture.alpha, mask=mask, faces=work.faces)
-
-
-def _as_uint8(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        return np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
-    raise InputError(f"image arrays must be uint8, uint16 or float in [0, 1], not {array.dtype}")
-
-
-def _picture_from_array(array: np.ndarray) -> Picture:
-    array = np.asarray(array)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise InputError(f"an image array must be H x W, H x W x 1, 3 or 4, not {array.shape}")
-    if array.dtype not in (np.uint8, np.uint16):
-        array = _as_uint8(array)
-    alpha = array[:, :, 3] if array.shape[2] == 4 else None
-    return Picture(pixels=np.ascontiguousarray(array[:, :, :3]), alpha=alpha, icc_profile=None, exif=None,
-                   format="", path=None)

@@ -20,12 +20,13 @@ import torch
 from .. import hub, manifest, runtime
 from ..batch import Job, claim_outputs, output_exists
 from ..checkpoint import load_state_dict
+from ..device import on_device
 from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..errors import ImgforgeError, ModelError, OutputError
 from ..imageio import read_image, write_bytes_atomically, write_image
 from ..nets import registry
 from ..nets.ddpm_unet import DDPMUNet, describe_unet
-from ..progress import console
+from ..plan import RunPlan
 from ..storage import location
 from .samplers import SAMPLERS, NoiseSchedule, make_sampler
 
@@ -153,8 +154,9 @@ def generate(model: DiffusionModel, indices: Sequence[int], *, steps: int = 1000
     is False."""
     if batch_size < 1:
         raise ImgforgeError(f"--batch-size must be at least 1, not {batch_size}")
-    draw = Drawer(model, steps=steps, sampler=sampler, device=device, precision=precision, eta=eta,
-                  spacing=spacing, backend=backend, cuda_graphs=cuda_graphs)
+    plan = RunPlan.resolve(device=device, precision=precision, backend=backend)
+    plan.check_networks([registry.get_family("ddpm_unet")])
+    draw = Drawer(model, plan, steps=steps, sampler=sampler, eta=eta, spacing=spacing, cuda_graphs=cuda_graphs)
     if on_ready is not None:
         on_ready(draw.eps_fn.provider)
     for start in range(0, len(indices), batch_size):
@@ -166,13 +168,12 @@ class Drawer:
     """A U-Net on its device with its sampler, set up once: `draw(seeds)` gives one uint8 image
     (N x H x W x C) per seed, each from its own generator, which draws x_T and every step's noise."""
 
-    def __init__(self, model: DiffusionModel, *, steps: int, sampler: str, device: str, precision: str,
-                 eta: float, spacing: str | None, backend: str, cuda_graphs: bool = True):
+    def __init__(self, model: DiffusionModel, plan: RunPlan, *, steps: int, sampler: str, eta: float,
+                 spacing: str | None, cuda_graphs: bool = True):
         self.shape = model.image_shape
         self.sampler = make_sampler(sampler, model.schedule, steps, eta=eta, spacing=spacing)
-        self.device = runtime.select_device(device)
-        dtype = runtime.select_dtype(precision, self.device)
-        self.eps_fn = make_eps_function(model.unet, self.device, dtype, backend, cuda_graphs)
+        self.device = plan.torch_device()
+        self.eps_fn = make_eps_function(model.unet, self.device, plan.dtype(self.device), plan.backend, cuda_graphs)
 
     def __call__(self, seeds: Sequence[int], on_step: Callable[[], None] | None = None) -> np.ndarray:
         generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -204,7 +205,9 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
         raise ImgforgeError(f"unknown sampler {sampler!r}: use {', '.join(SAMPLERS)}")
     if steps < 1 or batch_size < 1:
         raise ImgforgeError(f"--steps and --batch-size must be at least 1, not {steps} and {batch_size}")
-    runtime.check_backend(backend)
+    plan = RunPlan.resolve(device=device, precision=precision, backend=backend, threads=threads, offline=offline,
+                           weights_dir=weights_dir, quiet=quiet)
+    plan.check_networks([registry.get_family("ddpm_unet")])
     engine = engine_options(engine)
     folder = location(output) if output is not None else None
     grid_path = location(grid) if grid is not None else None
@@ -216,18 +219,17 @@ def sample(model: str = DEFAULT_MODEL, *, num: int = 16, steps: int = 1000, samp
     if folder is None:
         engine.require_in_process("without -o the samples stay in memory; give -o (a folder or s3:// URL)")
     # the files now, so that a missing model fails before any worker starts; the grid needs the image size
-    _, (config_path, _, _) = _model_files(model, offline, weights_dir, quiet)
+    _, (config_path, _, _) = _model_files(model, plan.offline, plan.weights_dir, quiet)
     config = _read_json(config_path)
     _check_sample_size(config.get("sample_size"), config_path)
     shape = _image_shape(config.get("sample_size"), config.get("in_channels", 3))
     keep: dict[int, np.ndarray] | None = {} if folder is None else None
-    task = SampleTask(model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing, device=device,
-                      precision=precision, backend=backend, offline=offline, weights_dir=weights_dir,
-                      batch_size=batch_size, quiet=quiet, keep=keep)
+    task = SampleTask(plan=plan, model=model, steps=steps, sampler=sampler, eta=eta, spacing=spacing,
+                      batch_size=batch_size, keep=keep)
     jobs = [Job(source=None, target=path, seed=seed + i, options={"index": i}) for i, path in enumerate(files)]
     report = SampleReport(grid=grid_path)
-    execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet, json_lines=json,
-            report=report)
+    execute(task, jobs, engine=engine, threads=plan.threads, skip_existing=skip_existing, quiet=quiet,
+            json_lines=json, report=report)
     done = sorted((record["index"], record["output"]) for record in report.records if record["status"] == "done")
     if folder is not None:
         report.written = [location(path) for _, path in done]
@@ -244,26 +246,20 @@ class SampleTask:
     """sample's options for imgforge.engine; setup() loads the U-Net, once per worker. `keep`: where images
     go when no file is written (the local engine only: the worker runs in this process)."""
 
+    plan: RunPlan
     model: str
     steps: int
     sampler: str
     eta: float
     spacing: str | None
-    device: str
-    precision: str
-    backend: str
-    offline: bool | None
-    weights_dir: hub.WeightsDirs
     batch_size: int
-    quiet: bool = False
     keep: dict | None = None
     label: str = "sampling"
 
     def setup(self) -> SampleWorker:
-        worker = SampleWorker(self, load_model(self.model, offline=self.offline, weights_dir=self.weights_dir,
-                                               quiet=True))
-        if self.backend == "onnx" and not self.quiet:
-            console.print(f"running on {worker.draw.eps_fn.provider}", markup=False, highlight=False)
+        worker = SampleWorker(self, load_model(self.model, offline=self.plan.offline,
+                                               weights_dir=self.plan.weights_dir, quiet=True))
+        runtime.announce(self.plan, worker.draw.device, worker.draw.eps_fn.provider)
         return worker
 
 
@@ -272,8 +268,8 @@ class SampleWorker:
 
     def __init__(self, task: SampleTask, model: DiffusionModel):
         self.task, self.model = task, model
-        self.draw = Drawer(model, steps=task.steps, sampler=task.sampler, device=task.device,
-                           precision=task.precision, eta=task.eta, spacing=task.spacing, backend=task.backend)
+        self.draw = Drawer(model, task.plan, steps=task.steps, sampler=task.sampler, eta=task.eta,
+                           spacing=task.spacing)
 
     def load(self, job: Job) -> int:
         return job.seed
@@ -336,9 +332,10 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
     """(x, t) -> eps in float32 on `device`, through torch (fp32, or the U-Net cast to bf16/fp16; on CUDA
     replayed from CUDA graphs unless `cuda_graphs` is False) or ONNX (one graph for any batch and size, cached)."""
     runtime.check_backend(backend)
+    policy = registry.get_family("ddpm_unet").policy
     if backend == "onnx":
         (export,) = describe_unet(unet).exports  # any batch and size; timesteps as float32, one per image
-        runner = runtime.make_runner(unet, backend=backend, device=device, dtype=dtype, export=export)
+        runner = runtime.make_runner(unet, backend=backend, device=device, dtype=dtype, export=export, policy=policy)
 
         def eps_onnx(x: torch.Tensor, t: int) -> torch.Tensor:
             return runner(x, torch.full((x.shape[0],), float(t))).to(device)
@@ -348,7 +345,7 @@ def make_eps_function(unet: DDPMUNet, device: torch.device, dtype: torch.dtype =
     # A reduced precision casts the whole U-Net (faster than autocast on CPU, which re-casts the weights on
     # every call); the sampler's arithmetic stays float32. channels_last saves oneDNN's layout conversions
     # around every convolution (measured 1.1-1.25x on CPU, docs/sample.md). The caller's U-Net is not touched.
-    net = runtime.on_device(unet, device, dtype, torch.channels_last).eval()
+    net = on_device(unet, device, policy.dtype(dtype), torch.channels_last).eval()
 
     def eps_torch(x: torch.Tensor, t: int) -> torch.Tensor:
         x = x.to(dtype).contiguous(memory_format=torch.channels_last)

@@ -33,6 +33,7 @@ from ..errors import ImgforgeError, InputError
 from ..imageio import Picture, read_image, write_image
 from ..nets import registry
 from ..nets.pix2pix import DROPOUT_P, TEST_MODES, Generator, GeneratorOptions, TestTimeGenerator, describe_generator
+from ..plan import RunPlan
 from ..progress import console
 
 MODES = TEST_MODES
@@ -77,6 +78,12 @@ def load_networks(model: str | None = None, checkpoint: str | os.PathLike | None
 load_model = load_generator  # imgforge.load_model(name) for translate models
 
 
+def check_plan(plan: RunPlan) -> None:
+    """UsageError, before anything is fetched, when a generator cannot run in `plan` (both pix2pix families
+    share one policy; the weights tell which one a file is only once it is read)."""
+    plan.check_networks(family for family in registry.families().values() if family.arch == "pix2pix")
+
+
 def _weights_file(model, checkpoint, *, offline, weights_dir, quiet) -> tuple[Path, manifest.ModelEntry | None]:
     if model is not None and checkpoint is not None:
         raise ImgforgeError("give a model name (--model) or your own weights (--checkpoint), not both")
@@ -104,10 +111,10 @@ class Prepared:
 
 class Translator:
     """A loaded generator in one test-time mode, on one device: prepares images, runs batches, finishes
-    outputs. `translator(image)` does all three for one image in memory."""
+    outputs. `translator(image)` does all three for one image in memory. `plan`: device, precision, backend."""
 
     def __init__(self, generator: Generator, *, mode: str = "official", size: int | str | None = None,
-                 seed: int | None = None, device: str = "auto", precision: str = "fp32", backend: str = "torch"):
+                 seed: int | None = None, plan: RunPlan = RunPlan()):
         if mode not in MODES:
             raise ImgforgeError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         self.generator = generator
@@ -117,18 +124,19 @@ class Translator:
         # image i's dropout masks come from (seed, image i's input) alone: batching changes nothing
         self.seed = seed if seed is not None else secrets.randbits(63)
         self.seeded = seed is not None
-        self.device = runtime.select_device(device)
-        self.dtype = runtime.select_dtype(precision, self.device)
-        self.backend = backend
+        self.device = plan.torch_device()
+        self.dtype = plan.dtype(self.device)
+        self.backend = backend = plan.backend
         self._module = TestTimeGenerator(generator, mode)
         self.dropout_layers = self._module.dropout_layers
         # oneDNN and cuDNN run these convolutions faster on channels-last tensors (~15% on a CPU, measured)
         self.channels_last = backend == "torch" and self.device.type in ("cpu", "cuda")
         # under --backend onnx one graph serves every size and batch (cached by the weights and the mode)
-        (export,) = describe_generator(generator, mode).exports
+        facts = describe_generator(generator, mode)
         self._runner = runtime.make_runner(
-            self._module, backend=backend, device=self.device, dtype=self.dtype, export=export,
-            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+            self._module, backend=backend, device=self.device, dtype=self.dtype, export=facts.exports[0],
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
+            policy=registry.get_family(facts.family).policy)
 
     @property
     def provider(self) -> str:
@@ -238,15 +246,16 @@ def translate_image(image: Image.Image | np.ndarray, *, model: str | None = None
                     checkpoint: str | os.PathLike | None = None, netG: str | None = None, norm: str | None = None,
                     ngf: int | None = None, dropout: bool | None = None, mode: str = "official",
                     size: int | str | None = None, seed: int | None = None, device: str = "auto",
-                    precision: str = "fp32", backend: str = "torch", offline: bool | None = None,
-                    weights_dir: hub.WeightsDirs = None) -> np.ndarray:
+                    precision: str = "fp32", backend: str = "torch", threads: int | None = None,
+                    offline: bool | None = None, weights_dir: hub.WeightsDirs = None) -> np.ndarray:
     """One image in memory -> its translation (H x W x C uint8, the input's size). Loads the model on every
     call: for many images build a `Translator(load_generator(...))` once."""
-    generator = load_generator(model, checkpoint, netG=netG, norm=norm, ngf=ngf, dropout=dropout, offline=offline,
-                               weights_dir=weights_dir, quiet=True)
-    translator = Translator(generator, mode=mode, size=size, seed=seed, device=device, precision=precision,
-                            backend=backend)
-    return translator(image)
+    plan = RunPlan.resolve(device=device, precision=precision, backend=backend, threads=threads, offline=offline,
+                           weights_dir=weights_dir, quiet=True)
+    check_plan(plan)
+    generator = load_generator(model, checkpoint, netG=netG, norm=norm, ngf=ngf, dropout=dropout,
+                               offline=plan.offline, weights_dir=plan.weights_dir, quiet=True)
+    return Translator(generator, mode=mode, size=size, seed=seed, plan=plan)(image)
 
 
 @dataclass
@@ -276,7 +285,9 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
         raise ImgforgeError(f"unknown direction {direction!r}: use AtoB or BtoA")
     if batch_size < 1:
         raise ImgforgeError("--batch-size must be at least 1")
-    runtime.check_backend(backend)
+    plan = RunPlan.resolve(device=device, precision=precision, backend=backend, threads=threads, offline=offline,
+                           weights_dir=weights_dir, quiet=quiet)
+    check_plan(plan)
     engine = engine_options(engine)
     sources = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
     jobs = plan_jobs(sources, None if output is None else os.fspath(output), recursive=recursive, suffix=suffix,
@@ -284,13 +295,14 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
     # one seed for the run, chosen here so that every worker draws the same dropout masks for an image
     run_seed = seed if seed is not None else secrets.randbits(63)
     task = TranslateTask(
+        plan=plan,
         generator=dict(model=model, checkpoint=None if checkpoint is None else os.fspath(checkpoint), netG=netG,
-                       norm=norm, ngf=ngf, dropout=dropout, offline=offline, weights_dir=weights_dir, quiet=quiet),
-        translator=dict(mode=mode, size=size, seed=run_seed, device=device, precision=precision, backend=backend),
+                       norm=norm, ngf=ngf, dropout=dropout),
+        translator=dict(mode=mode, size=size, seed=run_seed),
         seeded=seed is not None, direction=direction, aligned=aligned, compare=compare, batch_size=batch_size,
     )
     jobs = [replace(job, seed=seed) for job in jobs]  # in each record when the user chose it
-    return execute(task, jobs, engine=engine, threads=threads, skip_existing=skip_existing, quiet=quiet,
+    return execute(task, jobs, engine=engine, threads=plan.threads, skip_existing=skip_existing, quiet=quiet,
                    json_lines=json)
 
 
@@ -298,8 +310,9 @@ def translate(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: s
 class TranslateTask:
     """translate's options for imgforge.engine; setup() loads the generator, once per worker."""
 
-    generator: dict  # load_generator's arguments
-    translator: dict  # Translator's arguments
+    plan: RunPlan
+    generator: dict  # load_generator's arguments besides the plan's
+    translator: dict  # Translator's arguments besides the plan
     seeded: bool  # the user chose the seed
     direction: str | None  # None: the one the zoo model was trained for, else the official AtoB
     aligned: bool
@@ -308,15 +321,17 @@ class TranslateTask:
     label: str = "translating"
 
     def setup(self) -> TranslateWorker:
-        translator = Translator(load_generator(**self.generator), **self.translator)
-        if translator.uses_dropout and not self.seeded and not self.generator["quiet"]:
+        plan = self.plan
+        generator = load_generator(**self.generator, offline=plan.offline, weights_dir=plan.weights_dir,
+                                   quiet=plan.quiet)
+        translator = Translator(generator, **self.translator, plan=plan)
+        if translator.uses_dropout and not self.seeded and not plan.quiet:
             console.print("note: dropout is active at test time, as in the official test.py, so results vary from "
                           "run to run; --seed N makes them reproducible, --eval or --no-dropout switches dropout off",
                           markup=False, highlight=False, soft_wrap=True)
         model = self.generator["model"]
         direction = self.direction or (manifest.get_model(model).direction if model is not None else None) or "AtoB"
-        if translator.backend == "onnx" and not self.generator["quiet"]:
-            console.print(f"running on {translator.provider}", markup=False, highlight=False)
+        runtime.announce(plan, translator.device, translator.provider)
         return TranslateWorker(self, translator, direction)
 
 

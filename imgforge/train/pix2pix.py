@@ -12,6 +12,7 @@ the official test.py load.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +103,6 @@ class Pix2PixStep:
 def step_helpers(context: Context | None):
     """(autocast, backward, optimizer step): the run's (precision, fp16 scaling), or plain ones."""
     if context is None:
-        import contextlib
-
         return contextlib.nullcontext, lambda loss: loss.backward(), lambda optimizer: optimizer.step()
     return context.autocast, context.backward, context.step
 

@@ -66,7 +66,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ImgforgeError
-from ..runtime import select_device, select_dtype
+from ..device import select_device, select_dtype
 from . import distributed
 from .distributed import Processes
 from .plan import BatchPlan

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from imgforge import runtime
+from imgforge.onnx.cache import cached_runner
 from imgforge.nets import registry
 
 from .common import TOLERANCE, assert_close, load_fixture
@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 
 def _graph(family: str, net: torch.nn.Module, part: str | None = None, **settings):
     exports = registry.get_family(family).describe(net, **settings).exports
-    return runtime.onnx_runner(next(e for e in exports if part in (None, e.name)), CPU)
+    return cached_runner(next(e for e in exports if part in (None, e.name)), CPU)
 
 
 def check_generator(folder: Path, config: dict) -> None:

@@ -1,4 +1,4 @@
-"""Networks -> ONNX graphs: `imgforge export`, and the graphs the ONNX runtime path caches (runtime.onnx_runner).
+"""Networks -> ONNX graphs: `imgforge export`, and the graphs the ONNX backend caches (onnx/cache.py).
 
 Every graph is traced from a registry `Export` (nets/registry.py) with batch, height and width dynamic where
 the network allows, and checked before it is reported: onnx.checker, then ONNX Runtime (CPU) at two sizes
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, manifest
-from .errors import ImgforgeError, OutputError
-from .nets.registry import Export, Network
-from .runtime import on_device
+from .. import __version__, manifest
+from ..device import on_device
+from ..errors import ImgforgeError, OutputError
+from ..nets.registry import Export, Network
+from ..plan import ONNX_PRECISIONS as PRECISIONS
+from .session import OnnxRunner
 
 OPSET = 17
-PRECISIONS = ("fp32", "fp16")
 # max abs difference from torch (float32) a graph must meet at both check sizes
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
@@ -85,8 +86,6 @@ def check_graph(path: Path, export: Export, precision: str = "fp32") -> list[flo
     each. ImgforgeError if the graph is invalid or misses the tolerance."""
     import onnx
 
-    from .runtime import OnnxRunner
-
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
@@ -121,8 +120,8 @@ def export_model(output: str | os.PathLike, model: str | None = None, checkpoint
     """Write one checked .onnx per network of a zoo model (or of one checkpoint file) into `output`, each with a
     sidecar <name>.json: inputs, outputs, value ranges and normalisation, size rule, test-time mode, source
     weights' sha256, and the measured differences from torch. `mode`: pix2pix's test-time mode."""
-    from .hub import sha256_of
-    from .progress import console
+    from ..hub import sha256_of
+    from ..progress import console
 
     if (model is None) == (checkpoint is None):
         raise ImgforgeError("give a zoo model name or --checkpoint FILE (one of them)")
@@ -135,7 +134,7 @@ def export_model(output: str | os.PathLike, model: str | None = None, checkpoint
     if task is None:
         networks = [load_checkpoint_network(Path(checkpoint))]
     else:
-        networks = import_module(f".pipelines.{task}", __package__).load_networks(
+        networks = import_module(f"..pipelines.{task}", __package__).load_networks(
             model, offline=offline, weights_dir=weights_dir, quiet=quiet)
     report = ExportReport(folder)
     for network in networks:
@@ -158,8 +157,8 @@ def export_model(output: str | os.PathLike, model: str | None = None, checkpoint
 
 def load_checkpoint_network(path: Path) -> Network:
     """One weights file through the registry (a diffusers config.json beside it is used)."""
-    from .checkpoint import load_state_dict
-    from .nets import registry
+    from ..checkpoint import load_state_dict
+    from ..nets import registry
 
     state = load_state_dict(path)
     family = registry.detect(state)
@@ -173,7 +172,7 @@ def load_checkpoint_network(path: Path) -> Network:
 def _sidecar(network: Network, export: Export, precision: str, digest: str | None, differences: list[float],
              source: object) -> dict:
     facts = network.describe()
-    recipe = getattr(import_module(f".pipelines.{network.family.task}", __package__), "deploy_recipe", None)
+    recipe = getattr(import_module(f"..pipelines.{network.family.task}", __package__), "deploy_recipe", None)
 
     def tensors(names):
         return [{"name": name, "dtype": "float32", "dynamic_axes": export.dynamic_axes.get(name, {}),
