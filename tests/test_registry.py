@@ -209,3 +209,15 @@ def test_models_inspect(tmp_path, write_manifest, capsys):
     assert main(["models", "inspect", str(tmp_path / "odd.pth")]) == 1
     err = capsys.readouterr().err
     assert "no network family" in err and "ddpm_unet" in err and "\n" not in err.strip()
+
+
+def test_detection_order_does_not_depend_on_import_order():
+    """A broad detector imported first (the mapping network's) must not claim a PatchGAN's weights."""
+    import subprocess
+    import sys
+
+    code = ("import imgforge.nets.mapping; from imgforge.nets import registry; "
+            "from imgforge.nets.patchgan import PatchDiscriminator, DiscriminatorOptions; "
+            "print(registry.detect(PatchDiscriminator(DiscriminatorOptions()).state_dict()).name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "patchgan"

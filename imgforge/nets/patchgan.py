@@ -90,10 +90,12 @@ def infer_options(state_dict: dict[str, torch.Tensor]) -> DiscriminatorOptions:
 
 def _detect(state_dict: dict) -> bool:
     """model.<i> layers only, every convolution 4x4, the last one giving one channel (a logit per patch)."""
-    if not state_dict or not all(key.startswith("model.") and key.split(".")[1].isdigit() for key in state_dict):
-        return False
-    convs = sorted((int(key.split(".")[1]), value) for key, value in state_dict.items()
-                   if key.endswith(".weight") and isinstance(value, torch.Tensor) and value.dim() == 4)
+    parts = [key.split(".") for key in state_dict]
+    if not parts or not all(len(p) == 3 and p[0] == "model" and p[1].isdigit() for p in parts):
+        return False  # a flat Sequential: nested blocks (model.12.conv_block...) are another network
+    convs = sorted(((int(key.split(".")[1]), value) for key, value in state_dict.items()
+                    if key.endswith(".weight") and isinstance(value, torch.Tensor) and value.dim() == 4),
+                   key=lambda item: item[0])
     return (bool(convs) and convs[0][0] == 0 and all(tuple(w.shape[2:]) == (KERNEL, KERNEL) for _, w in convs)
             and convs[-1][1].shape[0] == 1)
 

@@ -139,10 +139,14 @@ def register(family: Family) -> Family:
 
 
 def families() -> dict[str, Family]:
-    """Every registered family, by name."""
+    """Every registered family, by name, in the order of FAMILY_MODULES whatever order the modules were
+    imported in: detection takes the first family that accepts a state dict, and some detectors are broader
+    than others (the mapping network's accepts any `model.N.weight`, so the PatchGAN is asked first)."""
     for module in FAMILY_MODULES:
         import_module(f".{module}", __package__)
-    return dict(_FAMILIES)
+    rank = {f"{__package__}.{module}": n for n, module in enumerate(FAMILY_MODULES)}
+    ordered = sorted(_FAMILIES.values(), key=lambda f: rank.get(f.detect.__module__, len(rank)))
+    return {family.name: family for family in ordered}
 
 
 def get_family(name: str) -> Family:
