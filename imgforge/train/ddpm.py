@@ -33,6 +33,7 @@ from ..nets import registry
 from ..nets.ddpm_unet import DDPMUNet
 from ..pipelines.sample import DiffusionModel, Drawer, load_model, save_model
 from ..pipelines.samplers import NoiseSchedule
+from ..plan import RunPlan
 from .data import SquareImages
 from .plan import sample_rng
 from .trainer import Context, Length, Method
@@ -279,9 +280,8 @@ class DDPM(Method):
     def ema_samples(self, count: int, steps: int, first_seed: int = 0) -> np.ndarray:
         """`count` uint8 images (N x H x W x C) drawn from the EMA weights with DDIM in `steps` steps, image i
         from seed first_seed + i: the preview grid, and what a metric hook (FID every N steps) scores."""
-        draw = Drawer(self.ema_model(), steps=steps, sampler="ddim", device=str(self.context.device),
-                      precision="fp32", eta=0.0, spacing=None, backend="torch",
-                      cuda_graphs=False)  # one batch now and then: capturing graphs would not pay
+        draw = Drawer(self.ema_model(), RunPlan(device=str(self.context.device)), steps=steps, sampler="ddim",
+                      eta=0.0, spacing=None, cuda_graphs=False)  # one batch now and then: graphs would not pay
         return draw(list(range(first_seed, first_seed + count)))
 
     def preview(self) -> list[list[np.ndarray]]:
