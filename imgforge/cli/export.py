@@ -40,6 +40,8 @@ def export(
 
     report = export_model(output, model, checkpoint, precision=precision.lower(), mode=mode, offline=offline,
                           weights_dir=weights_dir, quiet=quiet)
+    if quiet:  # errors only, as --help says
+        return
     for path in report.graphs:
         worst = max(report.differences[path.stem])
         typer.echo(f"{path} (max abs diff from torch {worst:.2g} at two sizes)")
