@@ -14,6 +14,9 @@ from imgforge.hub import sha256_of
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.pix2pix import GeneratorOptions, build_generator
 from imgforge.nets.registry import get_family
+from test_registry import TINY_UNET, _tiny_networks
+from test_sample_cli import write_folder
+from test_zoo import write_zoo_files
 
 
 def test_export_checkpoint_writes_checked_graph_and_sidecar(tmp_path, capsys):
@@ -68,6 +71,40 @@ def test_attention_mapping_graphs_loop_over_query_chunks(tmp_path, monkeypatch, 
         with torch.no_grad():
             expected = mapping(latent, mask)
         assert (runner(latent, mask) - expected).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family", [pytest.param(name, marks=pytest.mark.slow) if name == "face_spade" else name
+                                    for name in _tiny_networks()])  # the face graph is checked at 256 px
+def test_export_checkpoint_of_each_family(family, tmp_path):
+    """`imgforge export --checkpoint FILE` for a file of every family: checked graphs, sidecars naming it."""
+    net, _ = _tiny_networks()[family]
+    path = tmp_path / "weights.pth"
+    torch.save(net.state_dict(), path)
+    if family == "ddpm_unet":  # GroupNorm groups leave no trace in the weights: a diffusers config.json says them
+        (tmp_path / "config.json").write_text(json.dumps(TINY_UNET))
+    assert main(["export", "--checkpoint", str(path), "-o", str(tmp_path / "out"), "-q"]) == 0
+    sidecars = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
+    exports = get_family(family).describe(net).exports
+    assert len(sidecars) == len(exports) and all(s["family"] == family for s in sidecars)
+    assert all((tmp_path / "out" / s["graph"]).is_file() for s in sidecars)
+
+
+def test_export_a_diffusers_folder(tmp_path):
+    """`--checkpoint FOLDER`: the folder `sample --model` takes exports its U-Net with its config.json."""
+    folder = write_folder(tmp_path / "ddpm", layout="pipeline")
+    assert main(["export", "--checkpoint", str(folder), "-o", str(tmp_path / "out"), "-q"]) == 0
+    sidecar = json.loads((tmp_path / "out" / "unet.json").read_text())
+    assert sidecar["family"] == "ddpm_unet" and sidecar["hyperparameters"]["norm_num_groups"] == 4
+
+
+@pytest.mark.slow  # the face graph is checked at 256 px
+def test_export_a_face_model_by_name(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMGFORGE_MANIFEST", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = write_zoo_files("face-enhance-256", tmp_path / "weights")
+    assert main(["export", "face-enhance-256", "-o", str(tmp_path / "out"), "--weights-dir", str(weights), "-q"]) == 0
+    sidecar = json.loads((tmp_path / "out" / "generator_face_generator.json").read_text())
+    assert sidecar["family"] == "face_spade" and sidecar["size_rule"] == {"multiple": 256, "min_side": 256}
 
 
 # -- where export writes (issue 16, item 12) -----------------------------------------------------------------

@@ -17,11 +17,12 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 
-from .. import __version__, manifest
+from .. import __version__, zoo
 from ..device import on_device
 from ..batch import claim_outputs, output_exists
 from ..errors import ImgforgeError, OutputError
@@ -32,7 +33,6 @@ from .session import OnnxRunner
 
 OPSET = 17
 # the role (graph name) of a lone checkpoint's network, as the zoo models of its task name it
-CHECKPOINT_ROLES = {"translate": "generator", "sample": "unet"}
 # max abs difference from torch (float32) a graph must meet at both check sizes
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
@@ -126,25 +126,24 @@ class ExportReport:
 def export_model(output: str | os.PathLike, model: str | None = None, checkpoint: str | os.PathLike | None = None, *,
                  precision: str = "fp32", mode: str = "official", offline: bool | None = None,
                  weights_dir: Path | None = None, quiet: bool = False) -> ExportReport:
-    """Write one checked .onnx per network of a zoo model (or of one checkpoint file) into `output`, each with a
-    sidecar <name>.json: inputs, outputs, value ranges and normalisation, size rule, test-time mode, source
-    weights' sha256, and the measured differences from torch. `mode`: pix2pix's test-time mode."""
+    """Write one checked .onnx per network of a zoo model, or of a weights file or folder (a diffusers folder, a
+    training run), into `output` (networks through imgforge.zoo), each with a sidecar <name>.json: inputs,
+    outputs, value ranges and normalisation, size rule, test-time mode, source weights' sha256, and the
+    measured differences from torch. `mode`: pix2pix's test-time mode."""
     from ..hub import sha256_of
     from ..progress import console
 
     if (model is None) == (checkpoint is None):
-        raise ImgforgeError("give a zoo model name or --checkpoint FILE (one of them)")
+        raise ImgforgeError("give a zoo model name or --checkpoint FILE|FOLDER (one of them)")
     if precision not in PRECISIONS:
         raise ImgforgeError(f"--precision must be fp32 or fp16 for ONNX graphs, not {precision!r}")
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"-o must be a folder, and {folder} is a file")
-    task = manifest.get_model(model).task if model is not None else None
-    if task is None:
-        networks = [load_checkpoint_network(Path(checkpoint))]
-    else:
-        networks = import_module(f"..pipelines.{task}", __package__).load_networks(
-            model, offline=offline, weights_dir=weights_dir, quiet=quiet)
+    if model is not None:  # the manifest's networks of a zoo model (or a path given as the model)
+        networks = zoo.networks(model, offline=offline, weights_dir=weights_dir, quiet=quiet)
+    else:  # a weights file, or a folder of them (a diffusers folder, a training run)
+        networks = zoo.path_networks(checkpoint)
     report = ExportReport(folder)
     for network in networks:
         network.settings.setdefault("mode", mode)  # pix2pix's test-time mode; other families take none
@@ -185,30 +184,11 @@ def _plan_outputs(folder: Path, names: list[str]) -> None:
         output_exists(path)
 
 
-def load_checkpoint_network(path: Path) -> Network:
-    """One weights file through the registry (a diffusers config.json beside it is used), in the role a zoo
-    model gives it, so that its graph has the same name (generator.onnx, unet.onnx)."""
-    from ..checkpoint import building, load_state_dict
-    from ..nets import registry
-
-    state = load_state_dict(path)
-    family = registry.detect(state)
-    config = path.with_name("config.json")
-    options = {}
-    if family.name == "ddpm_unet" and config.is_file():
-        try:
-            options["config"] = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ImgforgeError(f"cannot read {config} as JSON: {' '.join(str(exc).split())}") from None
-    with building(state, path):
-        network = family.load(state, **options)
-    return Network(CHECKPOINT_ROLES.get(family.task, family.task), network, family, source=path)
-
-
 def _sidecar(network: Network, export: Export, precision: str, digest: str | None, differences: list[float],
              source: object, graph_sha256: str) -> dict:
     facts = network.describe()
-    recipe = getattr(import_module(f"..pipelines.{network.family.task}", __package__), "deploy_recipe", None)
+    pipeline = f"imgforge.pipelines.{network.family.task}"  # none for a training-only network (patchgan)
+    recipe = getattr(import_module(pipeline), "deploy_recipe", None) if find_spec(pipeline) else None
 
     def tensors(names):
         return [{"name": name, "dtype": "float32", "dynamic_axes": export.dynamic_axes.get(name, {}),
