@@ -47,7 +47,18 @@ def stderr_lines(capfd) -> list[str]:
 # ---- 1. side outputs are planned with the main outputs ----------------------------------------------------
 
 
-def test_a_saved_mask_never_overwrites_another_input(here, capfd):
+@pytest.fixture
+def offline_zoo(here, monkeypatch):
+    """The real manifest (a restore run checks its model's networks before planning outputs), offline with an
+    empty cache: an output error must come before any weights file is looked for (that would exit 4)."""
+    monkeypatch.delenv("IMGFORGE_MANIFEST")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(here / "hf"))
+    return here
+
+
+def test_a_saved_mask_never_overwrites_another_input(offline_zoo, capfd):
+    here = offline_zoo
     first, second = image(here / "photo.png", 10), image(here / "photo_restored_mask.png", 20)
     before = digest(first), digest(second)
     assert main(["restore", "photo.png", "photo_restored_mask.png", "--save-mask"]) == 1
@@ -58,7 +69,8 @@ def test_a_saved_mask_never_overwrites_another_input(here, capfd):
     assert sorted(p.name for p in here.iterdir()) == ["none.toml", "photo.png", "photo_restored_mask.png"]
 
 
-def test_a_saved_mask_never_overwrites_a_given_mask(here, capfd):
+def test_a_saved_mask_never_overwrites_a_given_mask(offline_zoo, capfd):
+    here = offline_zoo
     image(here / "in" / "photo.png")
     image(here / "masks" / "photo.png")  # --mask folder: masks named like the inputs
     image(here / "masks" / "photo_mask.png")
