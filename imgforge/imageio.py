@@ -452,6 +452,15 @@ def _opencv_quiet():
         cv2.utils.logging.setLogLevel(level)
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Any file's bytes (a graph, a sidecar), as images are written: complete or not at all, never through a
+    symlink standing at `path` (the link itself is replaced), no temp file left; OutputError in one line."""
+    def copy(file) -> None:
+        file.write(data)
+
+    _write_atomically(path, copy)
+
+
 def _write_atomically(path: Path | ObjectPath, encode) -> None:
     if isinstance(path, ObjectPath):
         buffer = io.BytesIO()

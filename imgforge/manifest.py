@@ -12,7 +12,7 @@ import functools
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -27,9 +27,10 @@ DEFAULT_MANIFEST = Path(__file__).with_name("weights_manifest.toml")
 TASKS = ("translate", "restore", "sample", "eval")
 DIRECTIONS = ("AtoB", "BtoA")
 
-_MODEL_KEYS = {"task", "arch", "description", "license", "homepage", "config", "direction", "files"}
+_MODEL_KEYS = {"task", "arch", "description", "license", "homepage", "config", "direction", "files", "networks"}
 _REQUIRED_MODEL_KEYS = ("task", "arch", "description", "files")
 _FILE_KEYS = {"hub", "path", "revision", "urls", "member", "sha256", "size"}
+_NETWORK_KEYS = {"family", "file", "config_file", "parts", "options", "settings"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _COMMIT = re.compile(r"[0-9a-fA-F]{40}")
@@ -64,6 +65,22 @@ class FileSource:
 
 
 @dataclass(frozen=True)
+class NetworkSpec:
+    """One network of a model: its name (the role a pipeline knows it by), the registry family (or arch) its
+    weights must be, the file role holding them, the role of a JSON config file read with them (a diffusers
+    config.json), the exports of it the model uses (None: all), the load options (overrides of what the
+    weights say) and the test-time settings its `describe` takes (e.g. the face generator's size)."""
+
+    name: str
+    family: str
+    file: str
+    config_file: str | None = None
+    parts: tuple[str, ...] | None = None
+    options: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     task: str
@@ -74,6 +91,8 @@ class ModelEntry:
     config: dict
     files: dict[str, FileSource]
     direction: str | None
+    # None: no [networks] table; then every file that is not JSON is a network of `arch` (zoo.model_networks)
+    networks: dict[str, NetworkSpec] | None = None
 
 
 def manifest_path() -> Path:
@@ -153,17 +172,46 @@ def _parse_model(path: str, name: str, table: object) -> ModelEntry:
     files = table["files"]
     if not isinstance(files, dict) or not files:
         raise ManifestError(f"{where}: files must be a table of files.ROLE = {{ ... }} entries")
+    arch = _string(where, table, "arch")
+    networks = table.get("networks")
+    if networks is not None:
+        if not isinstance(networks, dict):
+            raise ManifestError(f"{where}: networks must be a table of networks.NAME = {{ ... }} entries")
+        networks = {net: _parse_network(f"{where} networks.{net}", net, spec, arch, files)
+                    for net, spec in networks.items()}
     return ModelEntry(
         name=name,
         task=task,
-        arch=_string(where, table, "arch"),
+        arch=arch,
         description=_string(where, table, "description"),
         license=_optional_string(where, table, "license") or "",
         homepage=_optional_string(where, table, "homepage"),
         config=config,
         files={role: _parse_file(f"{where} files.{role}", role, spec) for role, spec in files.items()},
         direction=direction,
+        networks=networks,
     )
+
+
+def _parse_network(where: str, name: str, spec: object, arch: str, files: dict) -> NetworkSpec:
+    if not isinstance(spec, dict):
+        raise ManifestError(f"{where}: must be an inline table {{ family = ..., file = ... }}")
+    _check_keys(where, spec, _NETWORK_KEYS, ())
+    file = _optional_string(where, spec, "file") or name
+    config_file = _optional_string(where, spec, "config_file")
+    for key, role in (("file", file), ("config_file", config_file)):
+        if role is not None and role not in files:
+            raise ManifestError(f"{where}: {key} '{role}' is not one of the model's files ({_names(files)})")
+    parts = spec.get("parts")
+    if parts is not None and (not isinstance(parts, list) or not parts
+                              or not all(isinstance(part, str) and part for part in parts)):
+        raise ManifestError(f"{where}: parts must be a non-empty list of export names")
+    for key in ("options", "settings"):
+        if not isinstance(spec.get(key, {}), dict):
+            raise ManifestError(f"{where}: {key} must be a table")
+    return NetworkSpec(name, _optional_string(where, spec, "family") or arch, file, config_file,
+                       tuple(parts) if parts is not None else None, dict(spec.get("options", {})),
+                       dict(spec.get("settings", {})))
 
 
 def _parse_file(where: str, role: str, spec: object) -> FileSource:

@@ -75,3 +75,16 @@ def test_registered_family_exports_and_runs_through_onnx():
     with torch.inference_mode():
         expected = net(faces)
     assert (runner(faces) - expected).abs().max() < 1e-4
+
+
+def test_the_generator_check_reads_load_size_not_crop_size():
+    """FaceSR_512's options have load_size 512 and crop_size 256; the generator reads load_size only, so the
+    conformance check takes any crop_size and holds the faces to load_size."""
+    from conformance_checks.face import check_generator
+
+    config = json.loads((FIXTURE / "config.json").read_text())
+    config["reference"]["opt"]["crop_size"] = 128
+    check_generator(FIXTURE, config)
+    config["reference"]["opt"]["load_size"] = 512
+    with pytest.raises(AssertionError, match="the faces are 256 px, and the reference's load_size is 512"):
+        check_generator(FIXTURE, config)

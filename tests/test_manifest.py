@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imgforge.errors import ManifestError
-from imgforge.manifest import DEFAULT_MANIFEST, TASKS, get_model, load_manifest, models_for_task
+from imgforge.manifest import DEFAULT_MANIFEST, TASKS, NetworkSpec, get_model, load_manifest, models_for_task
 
 SHA = "ab" * 32
 COMMIT = "cd" * 20
@@ -50,6 +50,20 @@ def test_valid_manifest_parses_every_field(tmp_path, write_manifest):
     assert (generator.path, generator.hub, generator.member, generator.pinned) == ("gen.pth", None, None, False)
     mapping = url.files["mapping"]
     assert (mapping.path, mapping.member, mapping.pinned) == ("ckpt/map/latest.pth", "ckpt/map/latest.pth", True)
+    assert hub.networks is None and url.networks is None
+
+
+def test_networks_table(tmp_path, write_manifest):
+    """Which networks a model has: family (default: the arch), file role (default: the network's name), a
+    config file, the exports used, load options and describe settings."""
+    write_manifest(tmp_path, _model("""files.w = { hub = "o/r", path = "w.bin" }
+files.c = { hub = "o/r", path = "c.json" }
+networks.unet = { family = "ddpm_unet", file = "w", config_file = "c", parts = ["unet"], options = { x = 1 } }
+networks.w = { settings = { size = 512 } }"""))
+    (model,) = load_manifest().values()
+    assert model.networks == {
+        "unet": NetworkSpec("unet", "ddpm_unet", "w", "c", ("unet",), {"x": 1}, {}),
+        "w": NetworkSpec("w", "a", "w", None, None, {}, {"size": 512})}
 
 
 def _model(body: str, name: str = "m") -> str:
@@ -87,6 +101,12 @@ GOOD_FILE = 'files.w = { hub = "o/r", path = "w.bin" }'
         ('title = "zoo"\n' + _model(GOOD_FILE), "unknown top-level key(s) title"),
         (_model(GOOD_FILE, name='"bad name"'), "model names use letters"),
         ("[models.m\n", "Expected ']'"),
+        (_model(GOOD_FILE + "\nnetworks = 3"), "networks must be a table"),
+        (_model(GOOD_FILE + '\nnetworks.n = { file = "x" }'), "file 'x' is not one of the model's files (w)"),
+        (_model(GOOD_FILE + '\nnetworks.n = { file = "w", config_file = "c" }'), "config_file 'c' is not one"),
+        (_model(GOOD_FILE + '\nnetworks.w = { parts = "encoder" }'), "parts must be a non-empty list"),
+        (_model(GOOD_FILE + '\nnetworks.w = { options = 3 }'), "options must be a table"),
+        (_model(GOOD_FILE + '\nnetworks.w = { role = "x" }'), "unknown key(s) role"),
     ],
 )
 def test_invalid_manifest_is_one_line_error_naming_the_table(tmp_path, write_manifest, text, expected):

@@ -100,6 +100,11 @@ def tiny_checkpoints() -> dict[str, bytes]:
     return out
 
 
+# The shipped manifest's networks of the restore models: the part of each VAE a restoration runs.
+NETWORKS = {"detector": '{ family = "oldphoto_detector" }', "vae_a": '{ family = "oldphoto_vae", parts = ["encoder"] }',
+            "mapping": '{ family = "oldphoto_mapping" }', "vae_b": '{ family = "oldphoto_vae", parts = ["decoder"] }'}
+
+
 def manifest_tables(sources: dict[str, str]) -> str:
     """The three oldphoto models with tiny configs and the face-stage models (tiny generators, the real
     YuNet); `sources` maps an official-layout path to its inline table (a Hub or URL source)."""
@@ -110,6 +115,7 @@ def manifest_tables(sources: dict[str, str]) -> str:
             config = ""
         lines = [f"[models.{name}]", 'task = "restore"', 'arch = "oldphoto"', 'description = "tiny"', config]
         lines += [f"files.{role} = {sources[path]}" for role, path in files.items()]
+        lines += [f"networks.{role} = {NETWORKS[role]}" for role in files if name.startswith("oldphoto")]
         return "\n".join(lines) + "\n"
 
     return "\n".join([

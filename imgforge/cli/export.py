@@ -1,5 +1,5 @@
-"""`imgforge export`: a zoo model's networks (or one checkpoint) as checked ONNX graphs with sidecars, see
-docs/onnx.md."""
+"""`imgforge export`: the networks of a zoo model, a weights file or a folder (imgforge.zoo) as checked ONNX
+graphs with sidecars, see docs/onnx.md."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ from .app import app
 
 @app.command()
 def export(
-    model: Annotated[Optional[str], typer.Argument(help="A zoo model (imgforge models list).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Argument(help="A zoo model (imgforge models list), or a weights file or "
+                                                   "folder.", show_default=False)] = None,
     output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
                                          help="Folder for the .onnx graphs and their .json sidecars.")] = Path("onnx"),
     checkpoint: Annotated[
-        Optional[Path], typer.Option("--checkpoint", metavar="FILE", show_default=False,
-                                     help="One weights file instead of a zoo model; its network is detected."),
+        Optional[Path], typer.Option("--checkpoint", metavar="FILE|FOLDER", show_default=False,
+                                     help="A weights file, or a folder of them (a diffusers folder, a training "
+                                     "run), instead of a zoo model; each network is detected."),
     ] = None,
     precision: Annotated[str, typer.Option("--precision", metavar="NAME",
                                            help="fp32, or fp16 (for GPUs; float32 inputs and outputs).")] = "fp32",
@@ -38,6 +40,8 @@ def export(
 
     report = export_model(output, model, checkpoint, precision=precision.lower(), mode=mode, offline=offline,
                           weights_dir=weights_dir, quiet=quiet)
+    if quiet:  # errors only, as --help says
+        return
     for path in report.graphs:
         worst = max(report.differences[path.stem])
         typer.echo(f"{path} (max abs diff from torch {worst:.2g} at two sizes)")

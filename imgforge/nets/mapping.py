@@ -126,7 +126,12 @@ _KIND_KEYS = {"quality": "model.0.weight", "scratch": "NL.theta.weight", "hr": "
 
 
 def mapping_kind(state: dict) -> str | None:
-    return next((kind for kind, key in _KIND_KEYS.items() if key in state), None)
+    """quality | scratch | hr, or None; a quality mapping also has residual blocks (model.0.weight alone is any
+    Sequential's first layer, e.g. a PatchGAN's)."""
+    kind = next((kind for kind, key in _KIND_KEYS.items() if key in state), None)
+    if kind == "quality" and not any(key.startswith("model.") and ".conv_block." in key for key in state):
+        return None
+    return kind
 
 
 def _mapping_options(state: dict) -> dict:

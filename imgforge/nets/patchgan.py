@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .pix2pix import official_init
-from .registry import Descriptor, Family, check_overrides, construct, parameter_count, register
+from .registry import Descriptor, Export, Family, check_overrides, construct, parameter_count, register
 
 NORMS = ("batch", "instance", "none")
 KERNEL = 4
@@ -118,10 +118,19 @@ def describe_discriminator(net: PatchDiscriminator) -> Descriptor:
     options = net.options
     # each stride-2 layer halves the side; the three 4x4 stride-1 convolutions need a map of at least 2
     multiple = 2 ** options.n_layers
+
+    def example_inputs(height: int, width: int) -> tuple[torch.Tensor, ...]:
+        return (torch.rand((1, options.input_nc, height, width), generator=torch.Generator().manual_seed(0)) * 2 - 1,)
+
+    io = {"images": "N x C x H x W float32 in [-1, 1] (pix2pix: the input and the real or generated output "
+                    "side by side in channels)", "logits": "N x 1 x h x w float32, real/fake logit per patch"}
+    axes = {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in ("images", "logits")}
+    export = Export("discriminator", net, example_inputs, ("images",), ("logits",), axes, io, multiple, multiple * 4)
     return Descriptor(
         family="patchgan", task="train", in_channels=options.input_nc, out_channels=1, size_multiple=1,
         min_side=multiple * 4, precisions=("fp32", "bf16", "fp16"), parameters=parameter_count(net),
-        hyperparameters=asdict(options), test_time="training only: a map of real/fake logits, one per patch",
+        hyperparameters=asdict(options), exports=(export,),
+        test_time="training only: a map of real/fake logits, one per patch",
     )
 
 

@@ -4,6 +4,7 @@ and run from there by ONNX Runtime."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 
 from .. import __version__
 from ..errors import ImgforgeError, RunWideError
+from ..hub import sha256_of
+from ..imageio import write_file
 from .export import OPSET, PRECISIONS, export_graph
 from .session import OnnxRunner, first_line, require_onnx
 
@@ -52,23 +55,55 @@ def cached_runner(export, device: torch.device, precision: str = "fp32") -> Onnx
     except OSError as exc:
         raise RunWideError(f"cannot create the ONNX graph cache {path.parent} (set IMGFORGE_CACHE to a "
                            f"writable folder): {exc.strerror or first_line(exc)}") from None
+    record = path.with_suffix(".json")
     if path.exists():
-        try:
-            return OnnxRunner(path, device, export.output_names, tensorrt_cache)
-        except ImgforgeError:
-            raise
-        except Exception:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...): a damaged graph
-            path.unlink(missing_ok=True)
+        if _matches_record(path, record, export):
+            try:
+                return _checked(OnnxRunner(path, device, export.output_names, tensorrt_cache), export, path)
+            except ImgforgeError:
+                raise
+            except Exception:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...): a damaged graph
+                pass
+        # swapped, modified, damaged or without its record: never run, exported again below
+        path.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
     try:
-        export_graph(export, path, precision=precision)
-    except ImgforgeError:
-        raise
+        digest = export_graph(export, path, precision=precision)
+        write_file(record, json.dumps(_record(export, digest), indent=1).encode("utf-8"))
+    except ImgforgeError as exc:
+        raise RunWideError(str(exc)) from None
     except Exception as exc:  # an export that fails once fails for every image
         raise RunWideError(f"cannot export {export.name} to the ONNX graph {path}: "
                            f"{getattr(exc, 'strerror', None) or first_line(exc)}") from None
     try:
-        return OnnxRunner(path, device, export.output_names, tensorrt_cache)
+        return _checked(OnnxRunner(path, device, export.output_names, tensorrt_cache), export, path)
     except ImgforgeError:
         raise
     except Exception as exc:
         raise RunWideError(f"onnxruntime cannot load the graph exported to {path}: {first_line(exc)}") from None
+
+
+def _record(export, digest: str) -> dict:
+    """What the cache writes beside a graph it exported (a sidecar's signature and content hash)."""
+    return {"graph_sha256": digest, "inputs": list(export.input_names), "outputs": list(export.output_names)}
+
+
+def _matches_record(path: Path, record: Path, export) -> bool:
+    """The cached graph is the one this cache exported for `export`: its record names the same inputs and
+    outputs and its bytes still have the recorded sha256 (a graph of another network, or of the same network
+    with other weights, dropped into the cache under this name does not)."""
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(recorded, dict) and recorded == _record(export, sha256_of(path))
+
+
+def _checked(runner: OnnxRunner, export, path: Path) -> OnnxRunner:
+    """RunWideError, before any image, for a session whose inputs or outputs are not the export's."""
+    inputs = [i.name for i in runner.session.get_inputs()]
+    outputs = [o.name for o in runner.session.get_outputs()]
+    if inputs != list(export.input_names) or outputs != list(export.output_names):
+        raise RunWideError(f"the cached ONNX graph {path} takes {inputs} and gives {outputs}, not the "
+                           f"{list(export.input_names)} -> {list(export.output_names)} of {export.name}; delete it")
+    return runner

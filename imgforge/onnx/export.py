@@ -10,50 +10,59 @@ breaks the DDPM U-Net and the scratch mapping: docs/onnx.md).
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 
-from .. import __version__, manifest
+from .. import __version__, zoo
 from ..device import on_device
+from ..batch import claim_outputs, output_exists
 from ..errors import ImgforgeError, OutputError
+from ..imageio import write_file
 from ..nets.registry import Export, Network
 from ..plan import ONNX_PRECISIONS as PRECISIONS
 from .session import OnnxRunner
 
 OPSET = 17
+# the role (graph name) of a lone checkpoint's network, as the zoo models of its task name it
 # max abs difference from torch (float32) a graph must meet at both check sizes
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
 
-def export_graph(export: Export, path: Path, *, precision: str = "fp32", size: tuple[int, int] | None = None) -> None:
-    """Trace `export` at `size` (default: its first check size) into `path` (written atomically)."""
+def export_graph(export: Export, path: Path, *, precision: str = "fp32", size: tuple[int, int] | None = None) -> str:
+    """Trace `export` at `size` (default: its first check size) into `path`, as imgforge writes every file
+    (complete or not at all, never through a symlink, no temp file left: imageio.write_file); the sha256 of
+    the graph written, for its sidecar."""
     try:
         import onnx  # noqa: F401  (torch.onnx needs it)
     except ImportError:
         raise ImgforgeError("ONNX export needs the onnx package: pip install 'imgforge[onnx]'") from None
     if precision not in PRECISIONS:
         raise ImgforgeError(f"ONNX graphs are fp32 or fp16, not {precision!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     module = on_device(export.module, torch.device("cpu")).eval()  # the caller's module stays where it is
     if precision == "fp16":
         module = HalfWithFloatIO(module)
     inputs = export.example_inputs(*(size or check_sizes(export)[0]))
+    traced = io.BytesIO()  # traced in memory: nothing is written until the whole graph exists
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shapes turned into constants mean nothing here
-        torch.onnx.export(module, inputs, str(tmp), input_names=list(export.input_names),
+        torch.onnx.export(module, inputs, traced, input_names=list(export.input_names),
                           output_names=list(export.output_names), dynamic_axes=export.dynamic_axes,
                           opset_version=OPSET, dynamo=False,
                           # the exporter's folding dropped initialisers shared by equal constants (seen with
                           # fresh BatchNorm weights); ONNX Runtime folds constants itself at session start
                           do_constant_folding=False)
-    os.replace(tmp, path)
+    graph = traced.getvalue()
+    write_file(path, graph)
+    return hashlib.sha256(graph).hexdigest()
 
 
 class HalfWithFloatIO(torch.nn.Module):
@@ -117,69 +126,76 @@ class ExportReport:
 def export_model(output: str | os.PathLike, model: str | None = None, checkpoint: str | os.PathLike | None = None, *,
                  precision: str = "fp32", mode: str = "official", offline: bool | None = None,
                  weights_dir: Path | None = None, quiet: bool = False) -> ExportReport:
-    """Write one checked .onnx per network of a zoo model (or of one checkpoint file) into `output`, each with a
-    sidecar <name>.json: inputs, outputs, value ranges and normalisation, size rule, test-time mode, source
-    weights' sha256, and the measured differences from torch. `mode`: pix2pix's test-time mode."""
+    """Write one checked .onnx per network of a zoo model, or of a weights file or folder (a diffusers folder, a
+    training run), into `output` (networks through imgforge.zoo), each with a sidecar <name>.json: inputs,
+    outputs, value ranges and normalisation, size rule, test-time mode, source weights' sha256, and the
+    measured differences from torch. `mode`: pix2pix's test-time mode."""
     from ..hub import sha256_of
     from ..progress import console
 
     if (model is None) == (checkpoint is None):
-        raise ImgforgeError("give a zoo model name or --checkpoint FILE (one of them)")
+        raise ImgforgeError("give a zoo model name or --checkpoint FILE|FOLDER (one of them)")
     if precision not in PRECISIONS:
         raise ImgforgeError(f"--precision must be fp32 or fp16 for ONNX graphs, not {precision!r}")
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"-o must be a folder, and {folder} is a file")
-    task = manifest.get_model(model).task if model is not None else None
-    if task is None:
-        networks = [load_checkpoint_network(Path(checkpoint))]
-    else:
-        networks = import_module(f"..pipelines.{task}", __package__).load_networks(
-            model, offline=offline, weights_dir=weights_dir, quiet=quiet)
+    if model is not None:  # the manifest's networks of a zoo model (or a path given as the model)
+        networks = zoo.networks(model, offline=offline, weights_dir=weights_dir, quiet=quiet)
+    else:  # a weights file, or a folder of them (a diffusers folder, a training run)
+        networks = zoo.path_networks(checkpoint)
     report = ExportReport(folder)
     for network in networks:
         network.settings.setdefault("mode", mode)  # pix2pix's test-time mode; other families take none
-        digest = sha256_of(network.source) if network.source else None
         if not network.exports():
             raise ImgforgeError(f"the {network.role} network ({network.family.name}) has no ONNX form yet")
-        for export in network.exports():
-            name = network.role if export.name == network.role else f"{network.role}_{export.name}"
-            path = folder / f"{name}.onnx"
-            if not quiet:
-                console.print(f"exporting {name} ({network.family.name}, {precision})", markup=False, highlight=False)
-            export_graph(export, path, precision=precision)
+    planned = [(network, export, graph_name(network, export)) for network in networks for export in network.exports()]
+    _plan_outputs(folder, [name for _, _, name in planned])
+    for network, export, name in planned:
+        digest = sha256_of(network.source) if network.source else None
+        path = folder / f"{name}.onnx"
+        if not quiet:
+            console.print(f"exporting {name} ({network.family.name}, {precision})", markup=False, highlight=False)
+        graph_sha256 = export_graph(export, path, precision=precision)
+        try:
             report.differences[name] = check_graph(path, export, precision)
-            sidecar = _sidecar(network, export, precision, digest, report.differences[name], model or checkpoint)
-            (folder / f"{name}.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
-            report.graphs.append(path)
+        except ImgforgeError:
+            path.unlink(missing_ok=True)  # a graph that fails its check is not left looking exported
+            raise
+        sidecar = _sidecar(network, export, precision, digest, report.differences[name], model or checkpoint,
+                           graph_sha256)
+        write_file(folder / f"{name}.json", (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
+        report.graphs.append(path)
     return report
 
 
-def load_checkpoint_network(path: Path) -> Network:
-    """One weights file through the registry (a diffusers config.json beside it is used)."""
-    from ..checkpoint import load_state_dict
-    from ..nets import registry
+def graph_name(network: Network, export: Export) -> str:
+    """The file stem of a network's graph: its role (generator, unet, ...), with the part when it has several."""
+    return network.role if export.name == network.role else f"{network.role}_{export.name}"
 
-    state = load_state_dict(path)
-    family = registry.detect(state)
-    config = path.with_name("config.json")
-    options = {"config": json.loads(config.read_text(encoding="utf-8"))} if family.name == "ddpm_unet" and \
-        config.is_file() else {}
-    return Network(family.task if family.task != "translate" else "generator", family.load(state, **options),
-                   family, source=path)
+
+def _plan_outputs(folder: Path, names: list[str]) -> None:
+    """Every file export writes, checked before the first is traced, as translate and restore plan theirs
+    (batch.claim_outputs): inside -o once symlinks are resolved (a link to elsewhere, dangling or not, is
+    refused, never written through), no folder in the way."""
+    files = [folder / f"{name}{suffix}" for name in names for suffix in (".onnx", ".json")]
+    claim_outputs([(path, f"the {path.suffix[1:]} file {path.name}") for path in files], folder=folder)
+    for path in files:
+        output_exists(path)
 
 
 def _sidecar(network: Network, export: Export, precision: str, digest: str | None, differences: list[float],
-             source: object) -> dict:
+             source: object, graph_sha256: str) -> dict:
     facts = network.describe()
-    recipe = getattr(import_module(f"..pipelines.{network.family.task}", __package__), "deploy_recipe", None)
+    pipeline = f"imgforge.pipelines.{network.family.task}"  # none for a training-only network (patchgan)
+    recipe = getattr(import_module(pipeline), "deploy_recipe", None) if find_spec(pipeline) else None
 
     def tensors(names):
         return [{"name": name, "dtype": "float32", "dynamic_axes": export.dynamic_axes.get(name, {}),
                  "meaning": export.io.get(name, "")} for name in names]
 
     return {
-        "graph": f"{network.role}{'' if export.name == network.role else '_' + export.name}.onnx",
+        "graph": f"{graph_name(network, export)}.onnx", "graph_sha256": graph_sha256,
         "family": network.family.name, "task": network.family.task, "part": export.name,
         "precision": precision, "opset": OPSET, "imgforge": __version__,
         "source": {"model_or_file": str(source), "role": network.role, "sha256": digest},

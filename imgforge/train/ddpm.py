@@ -295,8 +295,7 @@ class DDPM(Method):
         """`count` uint8 images (N x H x W x C) drawn from the EMA weights with DDIM in `steps` steps, image i
         from seed first_seed + i: the preview grid, and what a metric hook (FID every N steps) scores."""
         draw = Drawer(self.ema_model(), RunPlan(device=str(self.context.device)), steps=steps, sampler="ddim",
-                      eta=0.0, spacing=None,
-                      cuda_graphs=False)  # one batch now and then: capturing graphs would not pay
+                      eta=0.0, spacing=None, cuda_graphs=False)  # one batch now and then: graphs would not pay
         return draw(list(range(first_seed, first_seed + count)))
 
     def evaluate(self, *, epoch: int | None, step: int) -> dict[str, float]:
