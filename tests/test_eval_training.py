@@ -1,9 +1,11 @@
-"""Metrics during training: pix2pix and CycleGAN `--val`, logged as {"eval": {...}} records of log.jsonl."""
+"""Metrics during training: pix2pix and CycleGAN `--val`, DDPM `--fid-every`, logged as {"eval": {...}} records
+of log.jsonl."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ from PIL import Image
 from eval_oracles import calibrated_state_dict, write_fid_weights
 from imgforge.cli import main
 from imgforge.eval.pairwise import compare
-from imgforge.train.api import train_cyclegan, train_pix2pix
+from imgforge.eval.set_metrics import fid_stats
+from imgforge.imageio import write_image
+from imgforge.train.api import train_cyclegan, train_ddpm, train_pix2pix
 from train_helpers import TINY_GAN, aligned_dataset, unpaired_dataset
 
 
@@ -63,3 +67,47 @@ def test_val_without_its_folders_is_a_one_line_error(tmp_path, capsys):
                  "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--load-size", "32", "--crop-size", "32",
                  "--epochs", "1", "--epochs-decay", "0", "--loader-workers", "0", "-q"])
     assert code == 1 and "valA/ and valB/" in capsys.readouterr().err
+
+
+def _ddpm_toy(root):
+    """16 random 16x16 images and the conformance fixture's tiny U-Net config at that size."""
+    rng = np.random.default_rng(3)
+    for index in range(16):
+        write_image(root / "images" / f"{index}.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    fixture = Path(__file__).parent / "fixtures" / "conformance" / "train_ddpm_unet_tiny" / "config.json"
+    config = json.loads(fixture.read_text())["unet_config"]
+    (root / "unet.json").write_text(json.dumps({**config, "sample_size": 16}))
+    return root / "images", root / "unet.json"
+
+
+@pytest.mark.slow  # over 10 s: the stand-in Inception weights are made, then a run with two FIDs
+def test_ddpm_fid_every_logs_the_fid_of_ema_samples(tmp_path, monkeypatch):
+    torch_home = tmp_path / "torch-home"
+    write_fid_weights(torch_home, calibrated_state_dict())
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))  # the stand-in Inception, found in torch's hub cache
+    images, config = _ddpm_toy(tmp_path)
+    # 64-dim statistics (the first Inception block): the hook scores at the reference's size, cheaply
+    fid_stats(images, tmp_path / "ref.npz", dims=64, quiet=True, weights_dir=torch_home)
+    run = tmp_path / "run"
+    train_ddpm(images, run, model_config=str(config), steps=5, warmup=1, dropout=0.0, batch_size=4, quiet=True,
+               loader_workers=0, preview_images=0, preview_steps=2, sample_every=1, fid_every=2,
+               fid_ref=str(tmp_path / "ref.npz"), fid_samples=3)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    scored = [(record["step"], record["eval"]) for record in records if "eval" in record]
+    # evaluated at every grid (sample_every 1), scored once 2 more steps are done
+    assert [step for step, _ in scored] == [2, 4]
+    assert all(set(metrics) == {"fid"} and np.isfinite(metrics["fid"]) and metrics["fid"] > 0
+               for _, metrics in scored)
+
+
+def test_ddpm_fid_every_without_fid_ref_is_a_one_line_error(tmp_path, capsys):
+    images, config = _ddpm_toy(tmp_path)
+    common = ["train", "ddpm", str(images), "-o", str(tmp_path / "run"), "--model-config", str(config),
+              "--steps", "2", "--batch-size", "4", "--loader-workers", "0", "-q", "--fid-every", "1"]
+    code = main(common)
+    error = capsys.readouterr().err
+    assert code == 1 and "--fid-every needs --fid-ref" in error and len(error.strip().splitlines()) == 1
+    assert "Traceback" not in error
+    code = main(common + ["--fid-ref", str(tmp_path / "missing.npz")])
+    error = capsys.readouterr().err
+    assert code == 1 and "missing.npz" in error and len(error.strip().splitlines()) == 1

@@ -248,6 +248,15 @@ def ddpm(
     sample_every: Annotated[Optional[int], typer.Option(
         "--sample-every", metavar="N", min=1, show_default=False,
         help="Steps between sample grids from the EMA weights (samples/; default: at the end).")] = None,
+    fid_every: Annotated[Optional[int], typer.Option(
+        "--fid-every", metavar="N", min=1, show_default=False,
+        help="Steps between FIDs of EMA samples against --fid-ref, logged in log.jsonl (default --sample-every: "
+        "N).")] = None,
+    fid_ref: Annotated[Optional[Path], typer.Option(
+        "--fid-ref", metavar="STATS.npz", show_default=False,
+        help="Reference statistics for --fid-every (`imgforge eval fid-stats` of the training images).")] = None,
+    fid_samples: Annotated[int, typer.Option("--fid-samples", metavar="N", min=2,
+                                             help="EMA samples per FID (papers: 50000).")] = 1000,
     seed: Seed = 0,
     batch_size: BatchSize = 128,
     resume: Resume = False,
@@ -270,7 +279,8 @@ def ddpm(
     result = train_ddpm(
         images, output, model_config=str(model_config) if model_config else None, from_model=start_from,
         resolution=resolution, steps=steps, lr=lr, warmup=warmup, grad_clip=grad_clip, ema_decay=ema_decay,
-        dropout=dropout, flip=not no_flip, sample_every=sample_every,
+        dropout=dropout, flip=not no_flip, sample_every=sample_every or fid_every, fid_every=fid_every,
+        fid_ref=str(fid_ref) if fid_ref else None, fid_samples=fid_samples,
         **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
                           log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
                           precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,

@@ -203,6 +203,9 @@ class DDPMOptions:
     flip: bool = True
     preview_images: int = 16  # the sample grid, drawn from the EMA weights
     preview_steps: int = 50  # DDIM steps of the sample grid
+    fid_every: int | None = None  # --fid-every: steps between FIDs of EMA samples (at the sample grids) ...
+    fid_ref: str | None = None  # ... against these reference statistics (.npz, `imgforge eval fid-stats`) ...
+    fid_samples: int = 1000  # ... of this many samples (DDIM, preview_steps; seeds 0, 1, ...)
 
 
 class DiffusionSamples(torch.utils.data.Dataset):
@@ -238,6 +241,17 @@ class DDPM(Method):
 
     def __init__(self, options: DDPMOptions, context: Context):
         self.options, self.context = options, context
+        self.fid, self.fid_step = None, 0  # --fid-every: the scorer (reference read now), the last step scored
+        if options.fid_every:
+            if not options.fid_ref:
+                raise ImgforgeError("--fid-every needs --fid-ref STATS.npz (`imgforge eval fid-stats` of the "
+                                    "training images)")
+            if options.fid_samples < 2:
+                raise ImgforgeError(f"--fid-samples must be at least 2 (an FID needs a covariance), not "
+                                    f"{options.fid_samples}")
+            from ..eval.validation import SetFID
+
+            self.fid = SetFID(options.fid_ref, device=str(context.device))
         unet, self.scheduler_config = initial_unet(options)
         self.process = ForwardProcess.from_scheduler_config(self.scheduler_config)
         images = SquareImages(options.images, image_side(unet), unet.config.in_channels)
@@ -283,6 +297,19 @@ class DDPM(Method):
         draw = Drawer(self.ema_model(), RunPlan(device=str(self.context.device)), steps=steps, sampler="ddim",
                       eta=0.0, spacing=None, cuda_graphs=False)  # one batch now and then: graphs would not pay
         return draw(list(range(first_seed, first_seed + count)))
+
+    def evaluate(self, *, epoch: int | None, step: int) -> dict[str, float]:
+        """--fid-every N: at the first sample grid after N more steps, the FID of fid_samples EMA samples
+        against --fid-ref."""
+        every = self.options.fid_every
+        if not every or step // every == self.fid_step // every:
+            return {}
+        from ..eval.validation import in_batches
+
+        self.fid_step = step
+        steps = self.options.preview_steps
+        samples = in_batches(lambda first, count: self.ema_samples(count, steps, first), self.options.fid_samples, 50)
+        return {"fid": self.fid(samples)}
 
     def preview(self) -> list[list[np.ndarray]]:
         """A grid of preview_images samples from the EMA weights (DDIM, preview_steps; seeds 0, 1, ...)."""
