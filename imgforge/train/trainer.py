@@ -56,6 +56,7 @@ import math
 import os
 import signal
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -143,7 +144,7 @@ class Context:
         self.scaler.step(optimizer)
 
 
-class Method:
+class Method(ABC):
     """Defaults of the Method protocol (module docstring); a method overrides what it has."""
 
     name: ClassVar[str] = "method"
@@ -159,8 +160,9 @@ class Method:
     def schedulers(self) -> dict[str, Any]:
         return {}
 
+    @abstractmethod
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """One update of every network from `batch`; the losses to log."""
 
     def end_epoch(self, epoch: int) -> dict:
         return {}
