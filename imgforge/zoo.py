@@ -19,6 +19,7 @@ from . import hub, manifest
 from .checkpoint import building, load_state_dict
 from .errors import ModelError
 from .nets import registry
+from .progress import console
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 # The networks each task's pipeline composes: a model that has them loads as the pipeline's object.
@@ -34,12 +35,19 @@ def network_specs(entry: manifest.ModelEntry) -> dict[str, manifest.NetworkSpec]
             if not source.path.endswith(".json")}
 
 
+def model_families(entry: manifest.ModelEntry) -> list[registry.Family]:
+    """The registry families the model's networks may be, known before any file is fetched (a network the
+    manifest gives an arch may be any family of it): what a run plan is checked against."""
+    return [family for spec in network_specs(entry).values() for family in registry.families_of(spec.family)]
+
+
 def model_networks(entry: manifest.ModelEntry | str, *, names=None, offline: bool | None = None,
                    weights_dir: hub.WeightsDirs = None, quiet: bool = False,
                    options: dict[str, dict] | None = None) -> list[registry.Network]:
     """The networks of a zoo model (all, or those in `names`), each loaded through the registry from its file
     (fetched by hub), with the manifest's load options, then `options[name]` (None values ignored). A file
-    of another family than the manifest says is a ModelError naming the model and the network."""
+    of another family than the manifest says is a ModelError naming the model and the network. Unless
+    `quiet`, says which model it loads."""
     entry = manifest.get_model(entry) if isinstance(entry, str) else entry
     specs = network_specs(entry)
     if not specs:
@@ -48,6 +56,8 @@ def model_networks(entry: manifest.ModelEntry | str, *, names=None, offline: boo
     unknown = sorted(set(names or ()) - set(specs))
     if unknown:
         raise ModelError(f"model '{entry.name}' has no network {', '.join(unknown)}; it has {', '.join(specs)}")
+    if not quiet:
+        console.print(f"loading {entry.name}", markup=False, highlight=False)
     loaded = []
     for spec in specs.values():
         if names is not None and spec.name not in names:
@@ -83,13 +93,13 @@ def path_networks(path: str | Path) -> list[registry.Network]:
     over in a folder and an error for a file)."""
     path = Path(path).expanduser()
     if path.is_file():
-        return [_file_network(path)]
+        return [file_network(path)]
     if not path.is_dir():
         raise ModelError(f"no such model, file or folder: {path}")
     found = []
     for file in weight_files(path):
         try:
-            found.append(_file_network(file))
+            found.append(file_network(file))
         except ModelError:
             continue
     if not found:
@@ -109,11 +119,15 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def _file_network(path: Path) -> registry.Network:
+def file_network(path: Path, arch: str | None = None, **options) -> registry.Network:
+    """The network of one weights file, of a family `arch` names (any family when None), loaded with `options`
+    (None values ignored); a DDPM U-Net reads the config.json beside it unless `options` give its config."""
     state = load_state_dict(path)
-    family = registry.detect(state)
+    family = registry.find(state, arch)
+    options = {key: value for key, value in options.items() if value is not None}
     config = path.with_name("config.json")
-    options = {"config": read_json(config)} if family.name == "ddpm_unet" and config.is_file() else {}
+    if family.name == "ddpm_unet" and config.is_file():
+        options.setdefault("config", read_json(config))
     with building(state, path):
         module = family.load(state, **options)
     return registry.Network(default_role(family, module), module, family, source=path)

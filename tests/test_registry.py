@@ -168,6 +168,7 @@ def test_load_model_of_a_restore_model_outside_the_builtin_names(tmp_path, write
     for role, net in files.items():
         torch.save(net.state_dict(), tmp_path / f"{role}.pth")
         lines.append(f'files.{role} = {{ urls = ["https://example.org/{role}.pth"] }}')
+    lines += ['networks.vae_a = { parts = ["encoder"] }', "networks.mapping = {}", 'networks.vae_b = { parts = ["decoder"] }']
     write_manifest(tmp_path, "\n".join(lines) + "\n")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     restorer = imgforge.load_model("my-restorer", device="cpu", weights_dir=tmp_path, quiet=True)

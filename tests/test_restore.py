@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageCms
 
-from imgforge.errors import ImgforgeError, InputError
+from imgforge.errors import ImgforgeError, InputError, ModelError
 from imgforge.imageio import Picture, binary_mask
 from imgforge.nets.face_spade import build_face_generator
 from imgforge.nets.mapping import build_mapping
@@ -30,7 +30,8 @@ from imgforge.plan import RunPlan
 
 TINY_CONFIG = {"detector": {"wf": 2}, "vae": {"ngf": 16}, "mapping": {"mc": 128, "n_blocks": 1}}
 # the HR mapping has a fixed number of blocks
-TINY_CONFIG_TOML = "config = {{ detector = {{ wf = 2 }}, vae = {{ ngf = 16 }}, mapping = {{ mc = 128{blocks} }} }}"
+TINY_CONFIG_TOML = ("config = {{ detector = {{ wf = 2 }}, vae_a = {{ ngf = 16 }}, vae_b = {{ ngf = 16 }}, "
+                    "mapping = {{ mc = 128{blocks} }} }}")
 ZIP_URL = "https://github.com/microsoft/Bringing-Old-Photos-Back-to-Life/releases/download/v1.0/global_checkpoints.zip"
 
 # official checkpoint layout (Global/checkpoints/...) -> what the file holds
@@ -100,9 +101,13 @@ def tiny_checkpoints() -> dict[str, bytes]:
     return out
 
 
-# The shipped manifest's networks of the restore models: the part of each VAE a restoration runs.
+# The shipped manifest's arch and networks of each model: the part of each VAE a restoration runs, the face
+# generators' size; the face detector is a file read as it is.
 NETWORKS = {"detector": '{ family = "oldphoto_detector" }', "vae_a": '{ family = "oldphoto_vae", parts = ["encoder"] }',
             "mapping": '{ family = "oldphoto_mapping" }', "vae_b": '{ family = "oldphoto_vae", parts = ["decoder"] }'}
+FACE_MODELS = {f"face-enhance-{size}": ("face_spade", f'networks.generator = {{ family = "face_spade", settings = '
+                                                      f'{{ size = {size} }} }}') for size in (256, 512)}
+FACE_MODELS["face-detect-yunet"] = ("yunet", "networks = {}")
 
 
 def manifest_tables(sources: dict[str, str]) -> str:
@@ -110,13 +115,15 @@ def manifest_tables(sources: dict[str, str]) -> str:
     YuNet); `sources` maps an official-layout path to its inline table (a Hub or URL source)."""
 
     def model(name: str, files: dict[str, str]) -> str:
-        config = TINY_CONFIG_TOML.format(blocks="" if name == "oldphoto-hr" else ", n_blocks = 1")
-        if not name.startswith("oldphoto"):
-            config = ""
-        lines = [f"[models.{name}]", 'task = "restore"', 'arch = "oldphoto"', 'description = "tiny"', config]
+        if name.startswith("oldphoto"):
+            arch, networks = "oldphoto", [f"networks.{role} = {NETWORKS[role]}" for role in files]
+            config = TINY_CONFIG_TOML.format(blocks="" if name == "oldphoto-hr" else ", n_blocks = 1")
+        else:
+            (arch, line), config = FACE_MODELS[name], ""
+            networks = [line]
+        lines = [f"[models.{name}]", 'task = "restore"', f'arch = "{arch}"', 'description = "tiny"', config]
         lines += [f"files.{role} = {sources[path]}" for role, path in files.items()]
-        lines += [f"networks.{role} = {NETWORKS[role]}" for role in files if name.startswith("oldphoto")]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + networks) + "\n"
 
     return "\n".join([
         model("oldphoto-quality", {"vae_a": "restoration/VAE_A_quality/latest_net_G.pth",
@@ -407,6 +414,27 @@ def test_stage_shares_follow_the_measured_seconds():
     assert progress.shares == pytest.approx({stage: value / sum(seconds.values()) for stage, value in seconds.items()})
     larger = pipeline.photo_progress(pipeline.Settings(faces=False), 1024, 1024)
     assert larger.shares["mapping"] > progress.shares["mapping"]  # the attention grows with the area squared
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (("restoration/mapping_quality/latest_net_mapping_net.pth", "restoration/VAE_B_quality/latest_net_G.pth"),
+     ModelError, "model 'oldphoto-quality', network mapping: the weights are oldphoto_vae weights, not oldphoto_mapping"),
+    ((NETWORKS["vae_a"], '{ family = "oldphoto_vae" }'), ImgforgeError,
+     "vae_a network has the parts encoder, decoder; its manifest table networks.vae_a must name the one"),
+])
+def test_the_manifest_says_what_each_network_is_and_runs(weights_dir, write_manifest, tmp_path, change, error,
+                                                          message):
+    """The restore model's networks come from its manifest table: a file of another family, or a VAE whose
+    part is not named, is an error naming the model and the network."""
+    write_manifest(tmp_path, manifest_tables(official_sources(ZIPPED)).replace(*change))
+    with pytest.raises(error, match=message):
+        pipeline.Restorer(pipeline.Settings(scratches=False, faces=False), _plan(weights_dir))
+
+
+def test_restore_models_name_the_networks_the_restoration_composes(weights_dir):
+    with pytest.raises(ImgforgeError, match="'face-enhance-256': a restore model has the networks mapping, vae_a, "
+                                            r"vae_b \(and optionally detector\), not generator"):
+        pipeline.load_model("face-enhance-256", device="cpu", weights_dir=weights_dir)
 
 
 def test_export_of_a_restore_model_writes_its_four_graphs(weights_dir, tmp_path, monkeypatch):

@@ -38,7 +38,9 @@ FAMILY_MODULES = ("pix2pix", "ddpm_unet", "scratch_unet", "vae", "patchgan", "ma
 class Export:
     """One network (or sub-network) as an ONNX graph: the module to trace, example inputs for an image of a
     given (height, width), names, the axes that stay dynamic, and what each input and output holds
-    (value range and normalisation, for the sidecar a deployer reads)."""
+    (value range and normalisation, for the sidecar a deployer reads). `method`: the network's method that
+    computes the same part in torch (None: forward), e.g. a VAE's "encode" for its encoder, which a pipeline
+    calls with its progress callbacks."""
 
     name: str
     module: nn.Module
@@ -49,6 +51,7 @@ class Export:
     io: dict[str, str] = field(default_factory=dict)
     size_multiple: int = 1  # the (height, width) example_inputs take: multiples of it, at least min_side
     min_side: int = 1
+    method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ class Family:
 
 @dataclass
 class Network:
-    """A loaded network in a model: its role (the manifest's file role, e.g. "generator", "vae_a"), the
+    """A loaded network in a model: its role (the manifest's network name, e.g. "generator", "vae_a"), the
     module and its family, the weights file it came from, which of its exports the model uses (None: all)
     and the test-time settings its exports take (e.g. {"mode": "eval"} for pix2pix)."""
 
@@ -166,22 +169,35 @@ def detect(state_dict: dict) -> Family:
                      f"first keys: {first}")
 
 
-def load(state_dict: dict, arch: str | None = None, **overrides) -> tuple[nn.Module, Family]:
-    """(module, family): the family detected among those `arch` names (a family name or a manifest arch;
-    any family when None); a ModelError if the weights are not of that kind."""
+def families_of(arch: str | None) -> list[Family]:
+    """The families `arch` names: the family of that name, or every family of that manifest arch (all for None)."""
     known = families()
-    candidates = [f for f in known.values() if arch in (None, f.name, f.arch)]
-    if not candidates:
+    named = [f for f in known.values() if arch in (None, f.name, f.arch)]
+    if not named:
         archs = sorted({f.arch for f in known.values()} | set(known))
         raise ModelError(f"unknown architecture {arch!r}; imgforge knows {', '.join(archs)}")
+    return named
+
+
+def find(state_dict: dict, arch: str | None = None) -> Family:
+    """The family of these weights among those `arch` names (any family when None); a ModelError if the
+    weights are not of that kind."""
+    candidates = families_of(arch)
     chosen = next((f for f in candidates if f.detect(state_dict)), None)
     if chosen is None:
         if arch is None:
             detect(state_dict)  # raises, listing the families
-        found = next((f.name for f in known.values() if f.detect(state_dict)), None)
+        found = next((f.name for f in families().values() if f.detect(state_dict)), None)
         what = f"{found} weights" if found else "no network imgforge knows"
         raise ModelError(f"the weights are {what}, not {arch} ({'; '.join(f.summary for f in candidates)})")
-    return chosen.load(state_dict, **overrides), chosen
+    return chosen
+
+
+def load(state_dict: dict, arch: str | None = None, **overrides) -> tuple[nn.Module, Family]:
+    """(module, family): the family found among those `arch` names (a family name or a manifest arch; any
+    family when None) builds the module from the weights."""
+    family = find(state_dict, arch)
+    return family.load(state_dict, **overrides), family
 
 
 def build(name: str, config: dict) -> nn.Module:

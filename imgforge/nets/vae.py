@@ -140,9 +140,10 @@ def describe_vae(net: GlobalGeneratorDCDCv2) -> Descriptor:
     decoded = {"image": f"N x 3 x H x W float32 in [-1, 1] (tanh); the official save_image(normalize=True) "
                         "stretches min..max to 0..255", "latent": io["latent"]}
     exports = (
-        Export("encoder", SequentialPart(net, "encoder"), image, ("image",), ("latent",), axes, io, multiple, 16),
+        Export("encoder", SequentialPart(net, "encoder"), image, ("image",), ("latent",), axes, io, multiple, 16,
+               method="encode"),
         Export("decoder", SequentialPart(net, "decoder"), latent, ("latent",), ("image",), axes, decoded,
-               multiple, 16),
+               multiple, 16, method="decode"),
     )
     return Descriptor(
         family="oldphoto_vae", task="restore", in_channels=image_channels, out_channels=net.decoder[-2].out_channels,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Sequence
 
 import cv2
@@ -30,18 +29,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .. import hub, imageio, manifest, runtime
+from .. import hub, imageio, manifest, runtime, zoo
 from ..batch import Job, pair_inputs, paired_files, plan_jobs
 from ..engine import BatchReport, EngineOptions, engine_options, execute
-from ..checkpoint import load_state_dict
 from ..errors import ImgforgeError, InputError, RunWideError
 from ..imageio import Picture
 from ..nets import registry
 from ..nets.mapping import mapping_kind
 from ..plan import RunPlan
-from ..progress import StagedProgress, console
+from ..progress import StagedProgress
 from ..storage import location
-from .faces import FaceCrop, FaceEnhancer
+from .faces import GENERATORS, FaceCrop, FaceEnhancer
 
 MODELS = {"quality": "oldphoto-quality", "scratch": "oldphoto-scratch", "hr": "oldphoto-hr"}
 MODES = ("full", "scale")
@@ -134,6 +132,11 @@ class Settings:
         return "hr" if self.hr else ("scratch" if self.scratches else "quality")
 
     @property
+    def face_size(self) -> int:
+        """The side of the aligned faces: FaceSR_512's with hr, as the official _HR scripts."""
+        return 512 if self.hr else 256
+
+    @property
     def dilation(self) -> int:
         if self.mask_dilation is not None:
             return self.mask_dilation
@@ -159,34 +162,30 @@ class Settings:
                     raise ImgforgeError(f"{option} works on scratches; it cannot be combined with --no-scratches")
 
 
-# Each weights file of a restore model: the family it must be, its `config` table in the manifest, and the
-# part of it the restoration runs (None: the whole network).
-ROLES = {"detector": ("oldphoto_detector", "detector", None), "vae_a": ("oldphoto_vae", "vae", ("encoder",)),
-         "mapping": ("oldphoto_mapping", "mapping", None), "vae_b": ("oldphoto_vae", "vae", ("decoder",))}
-METHODS = {"vae_a": "encode", "vae_b": "decode"}  # the VAE method each role's torch runner calls
-
-
 def restore_model(name: str) -> manifest.ModelEntry:
-    """A zoo restore model's entry, its files checked against ROLES (nothing is fetched)."""
+    """A zoo restore model's entry, its networks (as the manifest names them) checked against those the
+    restoration composes: nothing is fetched."""
     entry = manifest.get_model(name)
     if entry.task != "restore":
         raise ImgforgeError(f"model '{entry.name}' is a {entry.task} model, not a restore model")
-    unknown = sorted(set(entry.files) - set(ROLES))
-    if unknown or not {"vae_a", "mapping", "vae_b"} <= set(entry.files):
-        raise ImgforgeError(f"model '{entry.name}': a restore model has the files "
-                            f"{', '.join(ROLES)} (detector optional), not {', '.join(entry.files)}")
+    needed, has = zoo.PIPELINE_NETWORKS["restore"], set(zoo.network_specs(entry))
+    if not needed <= has <= needed | {"detector"}:
+        raise ImgforgeError(f"model '{entry.name}': a restore model has the networks {', '.join(sorted(needed))} "
+                            f"(and optionally detector), not {', '.join(sorted(has)) or 'none'}")
     return entry
 
 
 def check_plan(plan: RunPlan, settings: Settings, model: str | None = None) -> None:
-    """UsageError, before anything is fetched, when a network of this restoration cannot run in `plan`."""
-    families = [] if settings.faces_only else [ROLES[role][0] for role in restore_model(
-        model or MODELS[settings.kind]).files]
-    plan.check_networks(registry.get_family(name) for name in [*families, *["face_spade"] * settings.faces])
+    """UsageError, before anything is fetched, when a network of this restoration cannot run in `plan` (the
+    families come from the manifest's networks of the restore model and of the face generator)."""
+    models = [] if settings.faces_only else [restore_model(model or MODELS[settings.kind])]
+    if settings.faces:
+        models.append(manifest.get_model(GENERATORS[settings.face_size]))
+    plan.check_networks(family for entry in models for family in zoo.model_families(entry))
 
 
 class Restorer:
-    """The networks of one restoration model, loaded once through the registry, and the stages that use them.
+    """The networks of one restoration model, loaded once through imgforge.zoo, and the stages that use them.
     `model` (a zoo name) defaults to the official model of `settings.kind`; given, the settings' kind follows
     the model's networks (its mapping's kind, a detector or not). `plan`: device, precision, backend, weights
     folders (imgforge.plan)."""
@@ -201,21 +200,14 @@ class Restorer:
         self.faces: FaceEnhancer | None = None
         if not settings.faces_only:
             self.entry = restore_model(model or MODELS[settings.kind])
-            self.networks = [self._load(role, path) for role, path in _fetch(self.entry, plan).items()]
+            self.networks = zoo.model_networks(self.entry, offline=plan.offline, weights_dir=plan.weights_dir,
+                                               quiet=plan.quiet)
             settings = self._fitted(settings, given_model=model is not None)
             self.run_network = {network.role: self._runner(network) for network in self.networks}
         self.settings = settings
         if settings.faces:
-            self.faces = FaceEnhancer(size=512 if settings.hr else 256, detector=settings.face_detector, plan=plan)
+            self.faces = FaceEnhancer(size=settings.face_size, detector=settings.face_detector, plan=plan)
             self.entry = self.entry or self.faces.entry
-
-    def _load(self, role: str, path: Path) -> registry.Network:
-        family, config_key, parts = ROLES[role]
-        net, found = registry.load(load_state_dict(path), self.entry.arch, **self.entry.config.get(config_key, {}))
-        if found.name != family:
-            raise ImgforgeError(f"model '{self.entry.name}': its {role} file is a {found.name} network, not "
-                                f"{family}")
-        return registry.Network(role, net, found, source=path, parts=parts)
 
     def _fitted(self, settings: Settings, given_model: bool) -> Settings:
         """The settings the loaded networks can restore: a model given by name decides the kind."""
@@ -230,15 +222,21 @@ class Restorer:
         return settings
 
     def _runner(self, network: registry.Network) -> Callable:
-        """One network's runner: torch (channels-last copies in the precision its family's policy gives) or
-        its ONNX graph (exported on first use, cached by weights)."""
+        """One network's runner, for the one part of it the manifest says the restoration runs: torch (its
+        method for that part, on channels-last copies in the precision its family's policy gives) or the
+        part's ONNX graph (exported on first use, cached by weights)."""
         exports = network.exports()
-        if self.plan.backend == "onnx" and not exports:
+        if len(exports) > 1:
+            raise ImgforgeError(f"model '{self.entry.name}': its {network.role} network has the parts "
+                                f"{', '.join(e.name for e in exports)}; its manifest table networks.{network.role} "
+                                "must name the one a restoration runs (parts = [...])")
+        export = exports[0] if exports else None
+        if self.plan.backend == "onnx" and export is None:
             raise RunWideError(f"the {network.describe().hyperparameters.get('kind', network.role)} "
                                f"{network.role} has no ONNX graph yet; use --backend torch")
         return runtime.make_runner(network.module, device=self.device, backend=self.plan.backend, dtype=self.dtype,
-                                   memory_format=torch.channels_last, export=exports[0] if exports else None,
-                                   policy=network.family.policy, method=METHODS.get(network.role))
+                                   memory_format=torch.channels_last, export=export, policy=network.family.policy,
+                                   method=export.method if export else None)
 
     @property
     def provider(self) -> str:
@@ -337,11 +335,6 @@ def load_model(name: str, **options) -> Restorer:
     plan = RunPlan.resolve(**options)
     check_plan(plan, settings, name)
     return Restorer(settings, plan, model=name)
-
-
-def load_networks(name: str, **options) -> list[registry.Network]:
-    """The networks of a restore model, each with the part the restoration runs (for `imgforge export`)."""
-    return load_model(name, device="cpu", **options).networks
 
 
 def restore_image(picture_or_array: Picture | np.ndarray, *, scratches: bool = True, mode: str = "full",
@@ -456,12 +449,6 @@ class RestoreWorker:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def _fetch(entry: manifest.ModelEntry, plan: RunPlan) -> dict[str, Path]:
-    if not plan.quiet:
-        console.print(f"loading {entry.name}", markup=False, highlight=False)
-    return hub.fetch_model(entry, offline=plan.offline, weights_dir=plan.weights_dir, quiet=plan.quiet)
 
 
 def _mask_stage(mask: np.ndarray) -> Callable[[Work], Work]:

@@ -17,9 +17,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .. import hub, manifest, runtime
+from .. import hub, manifest, runtime, zoo
 from ..batch import Job, claim_outputs, output_exists
-from ..checkpoint import load_state_dict
 from ..device import on_device
 from ..engine import BatchReport, EngineOptions, engine_options, execute
 from ..errors import ImgforgeError, ModelError, OutputError
@@ -72,23 +71,16 @@ def load_model(model: str = DEFAULT_MODEL, *, offline: bool | None = None, weigh
     _check_sample_size(unet_config.get("sample_size"), config_path)
     scheduler_config = _read_json(scheduler_path)
     schedule = NoiseSchedule.from_config(scheduler_config, where=str(scheduler_path))
-    unet, _ = registry.load(load_state_dict(weights_path), "ddpm_unet", config=unet_config)
+    unet = zoo.file_network(weights_path, "ddpm_unet", config=unet_config).module
     return DiffusionModel(name, unet, schedule, weights_path, scheduler_config)
-
-
-def load_networks(model: str = DEFAULT_MODEL, **options) -> list[registry.Network]:
-    """The U-Net as a registry Network (role "unet"), for export and workers."""
-    loaded = load_model(model, **options)
-    return [registry.Network("unet", loaded.unet, registry.get_family("ddpm_unet"), source=loaded.source,
-                             settings={"schedule": loaded.schedule})]
 
 
 def deploy_recipe(network: registry.Network) -> dict:
     """What the U-Net's sidecar tells a deployer (onnxruntime and numpy, no imgforge) to do to reproduce
     `imgforge sample` (the ddpm sampler): the trained schedule as a float32 table and the update, as data. The
-    schedule comes from the model (or scheduler_config.json beside a weights file, or in ../scheduler/); None
-    when there is none."""
-    schedule = network.settings.get("schedule") or _schedule_beside(network.source)
+    schedule comes from scheduler_config.json beside the weights file (a zoo model's Hub snapshot, a diffusers
+    folder), or in ../scheduler/; None when there is none."""
+    schedule = _schedule_beside(network.source)
     if schedule is None:
         return {}
     config = network.module.config

@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .. import hub, manifest, runtime
+from .. import hub, manifest, runtime, zoo
 from ..batch import Job, plan_jobs
 from ..engine import BatchReport, EngineOptions, engine_options, execute
-from ..checkpoint import building, load_state_dict
 from ..errors import ImgforgeError, InputError
 from ..imageio import Picture, read_image, write_image
 from ..nets import registry
@@ -54,25 +53,24 @@ def load_generator(model: str | None = None, checkpoint: str | os.PathLike | Non
                    dropout: bool | None = None, offline: bool | None = None, weights_dir: hub.WeightsDirs = None,
                    quiet: bool = False) -> Generator:
     """A zoo model (`model`, a name from `imgforge models list --task translate`) or a user's own
-    checkpoint (an official latest_net_G.pth) as a generator on the CPU, eval(), weights loaded strictly.
-    Its options are read from the weights; the manifest's config and the arguments override them, and a
-    mismatch is a ModelError naming the option."""
-    return load_networks(model, checkpoint, netG=netG, norm=norm, ngf=ngf, dropout=dropout, offline=offline,
-                         weights_dir=weights_dir, quiet=quiet)[0].module
-
-
-def load_networks(model: str | None = None, checkpoint: str | os.PathLike | None = None, *, mode: str = "official",
-                  offline: bool | None = None, weights_dir: hub.WeightsDirs = None, quiet: bool = False,
-                  **options) -> list[registry.Network]:
-    """The generator as a registry Network (role "generator", its test-time `mode`), for export and workers;
-    `options`: netG, norm, ngf, dropout overrides."""
-    path, entry = _weights_file(model, checkpoint, offline=offline, weights_dir=weights_dir, quiet=quiet)
-    requested = dict(entry.config) if entry is not None else {}
-    requested.update(options)
-    state = load_state_dict(path)
-    with building(state, path):
-        net, family = registry.load(state, entry.arch if entry is not None else "pix2pix", **requested)
-    return [registry.Network("generator", net, family, source=path, settings={"mode": mode})]
+    checkpoint (an official latest_net_G.pth) as a generator on the CPU, eval(), weights loaded strictly
+    through imgforge.zoo. Its options are read from the weights; the manifest's config and the arguments
+    override them, and a mismatch is a ModelError naming the option."""
+    options = {"netG": netG, "norm": norm, "ngf": ngf, "dropout": dropout}
+    if model is not None and checkpoint is not None:
+        raise ImgforgeError("give a model name (--model) or your own weights (--checkpoint), not both")
+    if checkpoint is not None:
+        return zoo.file_network(Path(checkpoint), "pix2pix", **options).module
+    if model is None:
+        raise ImgforgeError("give a model name (--model; see `imgforge models list --task translate`) or your own "
+                            "generator weights (--checkpoint latest_net_G.pth)")
+    entry = manifest.get_model(model)
+    if entry.task != "translate":
+        raise ImgforgeError(f"model '{entry.name}' is a {entry.task} model; translate needs a translate model "
+                            "(see `imgforge models list --task translate`)")
+    (generator,) = zoo.model_networks(entry, names=["generator"], offline=offline, weights_dir=weights_dir,
+                                      quiet=quiet, options={"generator": options})
+    return generator.module
 
 
 load_model = load_generator  # imgforge.load_model(name) for translate models
@@ -81,22 +79,7 @@ load_model = load_generator  # imgforge.load_model(name) for translate models
 def check_plan(plan: RunPlan) -> None:
     """UsageError, before anything is fetched, when a generator cannot run in `plan` (both pix2pix families
     share one policy; the weights tell which one a file is only once it is read)."""
-    plan.check_networks(family for family in registry.families().values() if family.arch == "pix2pix")
-
-
-def _weights_file(model, checkpoint, *, offline, weights_dir, quiet) -> tuple[Path, manifest.ModelEntry | None]:
-    if model is not None and checkpoint is not None:
-        raise ImgforgeError("give a model name (--model) or your own weights (--checkpoint), not both")
-    if model is None and checkpoint is None:
-        raise ImgforgeError("give a model name (--model; see `imgforge models list --task translate`) or your own "
-                            "generator weights (--checkpoint latest_net_G.pth)")
-    if checkpoint is not None:
-        return Path(checkpoint), None
-    entry = manifest.get_model(model)
-    if entry.task != "translate":
-        raise ImgforgeError(f"model '{entry.name}' is a {entry.task} model; translate needs a translate model "
-                            "(see `imgforge models list --task translate`)")
-    return hub.fetch_file(entry, "generator", offline=offline, weights_dir=weights_dir, quiet=quiet), entry
+    plan.check_networks(registry.families_of("pix2pix"))
 
 
 @dataclass
