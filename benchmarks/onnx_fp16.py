@@ -68,7 +68,8 @@ def difference(path: Path, device: torch.device, inputs, expected: torch.Tensor)
     try:
         got = OnnxRunner(path, device)(*inputs).cpu()
     except Exception as exc:  # onnxruntime refuses some converted graphs
-        return f"fails to load ({' '.join(str(exc).split("failed:")[-1].split())[:60]})"
+        reason = " ".join(str(exc).split("failed:")[-1].split())
+        return f"fails to load ({reason[:60]})"
     error = (got - expected).abs()
     return f"max {error.max().item():.3g}, mean {error.mean().item():.2g}"
 

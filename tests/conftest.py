@@ -20,6 +20,8 @@
   `file_table(repo, path, *, commit=None, pinned=True, checksum=True) -> "{ hub = ..., ... }"`, and
   `requests`, the list of (method, path) the server answered.
 
+`here` -- tmp_path as the working folder, with an empty model manifest (tmp_path/none.toml).
+
 `write_manifest(tmp_path, tables_toml) -> Path` -- writes `tables_toml` (dedented) as tmp_path/manifest.toml
   and points IMGFORGE_MANIFEST at it, so get_model()/`imgforge ...` see only these models for the test.
 """
@@ -69,6 +71,16 @@ def write_manifest(monkeypatch):
         return path
 
     return write
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch) -> Path:
+    """tmp_path as the working folder, for commands given relative paths; the model manifest is an empty file
+    there, so that no model can load by accident."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMGFORGE_MANIFEST", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

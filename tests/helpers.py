@@ -7,7 +7,23 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_image(path: Path, value: int = 0, size=(8, 6)) -> Path:
+    """A `size` (width, height) RGB gradient shifted by `value` at `path`, its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (np.arange(size[0] * size[1] * 3).reshape(size[1], size[0], 3) + value) % 256
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return path
+
+
+def stderr_lines(capfd) -> list[str]:
+    """What the command printed on stderr so far, line by line."""
+    return capfd.readouterr().err.strip().splitlines()
 
 
 def sizes_and_modes(folder: Path) -> dict[str, tuple[tuple[int, int], str]]:

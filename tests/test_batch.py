@@ -1,9 +1,12 @@
-"""plan_jobs naming, the local engine's failure handling / skipping / grouping, finish_batch, and a batch killed
-with SIGKILL that leaves only complete outputs and resumes with --skip-existing."""
+"""plan_jobs naming, side outputs planned with the main outputs, every output inside -o, the local engine's
+failure handling / skipping / grouping, finish_batch, and a batch killed with SIGKILL that leaves only complete
+outputs and resumes with --skip-existing."""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -14,20 +17,14 @@ import torch
 from PIL import Image
 
 from imgforge.batch import Job, plan_jobs
+from imgforge.cli import main
 from imgforge.cli.options import finish_batch
-from imgforge.errors import ImgforgeError, InputError, OutputError, PartialFailure
+from imgforge.errors import ImgforgeError, InputError, OutputError, PartialFailure, RunWideError
 from imgforge.imageio import read_image, write_image
 from engine_tasks import run
-from helpers import kill_when_written
+from helpers import REPO_ROOT, kill_when_written, make_image, stderr_lines
 
 DRIVER = Path(__file__).with_name("batch_driver.py")
-
-
-def make_image(path: Path, value: int = 0, size=(8, 6)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = (np.arange(size[0] * size[1] * 3).reshape(size[1], size[0], 3) + value) % 256
-    Image.fromarray(pixels.astype(np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture
@@ -134,8 +131,109 @@ def test_overwriting_an_input_is_avoided_by_a_suffix(photos):
 
 
 def test_unwritable_output_folder(photos):
-    with pytest.raises(OutputError, match="cannot create output folder photos/notes.txt/out"):
+    with pytest.raises(OutputError, match="^cannot create output folder photos/notes.txt/out: photos/notes.txt is "
+                                          "a file$"):
         plan_jobs(["photos"], "photos/notes.txt/out")
+
+
+def test_a_trailing_slash_makes_the_output_a_folder(here):
+    make_image(here / "a.png")
+    assert [job.target for job in plan_jobs(["a.png"], "res.png/")] == [Path("res.png/a.png")]
+    assert [job.target for job in plan_jobs(["a.png"], "res.png")] == [Path("res.png")]
+
+
+def test_double_star_does_not_follow_symlink_loops(here):
+    make_image(here / "scans" / "a.png")
+    make_image(here / "scans" / "deep" / "b.png")
+    (here / "scans" / "up").symlink_to("..")
+    (here / "scans" / "deep" / "up").symlink_to("../..")
+    # in a subprocess with a timeout: a glob that follows the loops never ends
+    script = ("from imgforge.batch import plan_jobs\n"
+              "print([str(job.source) for job in plan_jobs(['scans/**/*.png'], 'out')])")
+    done = subprocess.run([sys.executable, "-c", script], cwd=here, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['scans/a.png', 'scans/deep/b.png']"
+
+
+# ---- side outputs are planned with the main outputs -------------------------------------------------------
+
+
+@pytest.fixture
+def offline_zoo(here, monkeypatch):
+    """The real manifest (a restore run checks its model's networks before planning outputs), offline with an
+    empty cache: an output error must come before any weights file is looked for (that would exit 4)."""
+    monkeypatch.delenv("IMGFORGE_MANIFEST")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(here / "hf"))
+    return here
+
+
+def test_a_saved_mask_never_overwrites_another_input(offline_zoo, capfd):
+    here = offline_zoo
+    first, second = make_image(here / "photo.png", 10), make_image(here / "photo_restored_mask.png", 20)
+    before = first.read_bytes(), second.read_bytes()
+    assert main(["restore", "photo.png", "photo_restored_mask.png", "--save-mask"]) == 1
+    (line,) = stderr_lines(capfd)
+    assert line == ("error: the mask output for photo.png would overwrite the input photo_restored_mask.png; "
+                    "choose another -o folder or a --suffix")
+    assert (first.read_bytes(), second.read_bytes()) == before
+    assert sorted(p.name for p in here.iterdir()) == ["none.toml", "photo.png", "photo_restored_mask.png"]
+
+
+def test_a_saved_mask_never_overwrites_a_given_mask(offline_zoo, capfd):
+    here = offline_zoo
+    make_image(here / "in" / "photo.png")
+    make_image(here / "masks" / "photo.png")  # --mask folder: masks named like the inputs
+    make_image(here / "masks" / "photo_mask.png")
+    code = main(["restore", "in/photo.png", "-o", "masks/photo.png", "--mask", "masks", "--save-mask"])
+    assert code == 1
+    assert "would overwrite the input masks/photo" in capfd.readouterr().err
+
+
+def test_a_job_is_plain_data_that_pickles():
+    job = Job(Path("a.png"), Path("out/a.png"), (("_mask.png", Path("out/a_mask.png")),))
+    assert pickle.loads(pickle.dumps(job)) == job
+    assert job.side_output("_mask.png") == Path("out/a_mask.png")
+    assert job.outputs == (Path("out/a.png"), Path("out/a_mask.png"))
+
+
+def test_a_side_output_of_one_job_is_never_the_output_of_another(here):
+    make_image(here / "in" / "a.png")
+    make_image(here / "in" / "a_mask.png")
+    with pytest.raises(InputError, match="the mask output for in/a.png and the output for in/a_mask.png would "
+                                         "both be written to out/a_mask.png"):
+        plan_jobs(["in"], "out", side_suffixes=["_mask.png"])
+    jobs = plan_jobs(["in/a.png"], "out", side_suffixes=["_mask.png", "_faces.png"])
+    assert jobs[0].outputs == (Path("out/a.png"), Path("out/a_mask.png"), Path("out/a_faces.png"))
+
+
+# ---- every output stays inside -o -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", [["--suffix", "/../../esc/x"], ["--suffix", "..\\x"], ["--format", "png/../x"]])
+def test_suffix_and_format_cannot_leave_the_output_folder(here, capfd, option):
+    make_image(here / "deep" / "er" / "in.png")
+    assert main(["translate", "deep/er/in.png", "-o", "deep/er/out", *option]) == 1
+    assert "error: " in capfd.readouterr().err
+    assert sorted(str(p.relative_to(here)) for p in here.rglob("*")) == [
+        "deep", "deep/er", "deep/er/in.png", "none.toml"]
+
+
+def test_outputs_through_a_symlink_out_of_the_folder_are_refused(here):
+    make_image(here / "in" / "sub" / "a.png")
+    (here / "elsewhere").mkdir()
+    (here / "out").mkdir()
+    (here / "out" / "sub").symlink_to(here / "elsewhere")
+    with pytest.raises(OutputError, match="would be written to out/sub/a.png, outside the output folder out"):
+        plan_jobs(["in"], "out", recursive=True)
+
+
+def test_the_output_folder_appears_only_when_something_is_written(here, capfd):
+    make_image(here / "a.png")
+    assert main(["translate", "a.png", "-o", "new/out", "--model", "no-such-model"]) == 1
+    assert "no-such-model" in capfd.readouterr().err
+    assert not (here / "new").exists()
 
 
 # ---- the local engine -------------------------------------------------------------------------------------
@@ -238,6 +336,32 @@ def test_ctrl_c_stops_with_a_summary_and_reraises(tmp_path, capsys):
                   save=lambda job, item, result: saved.append(item), quiet=True)
     assert saved == ["a", "b"]
     assert capsys.readouterr().err == ""  # the CLI prints the one "interrupted" line
+
+
+@pytest.mark.parametrize("skip_existing", [False, True])
+def test_a_folder_in_place_of_an_output_fails_that_input(here, skip_existing):
+    jobs = [Job(make_image(here / name), here / "out" / name,
+                (("_mask.png", here / "out" / (name[0] + "_mask.png")),))
+            for name in ("a.png", "b.png", "c.png")]
+    (here / "out" / "a.png").mkdir(parents=True)
+    (here / "out" / "c_mask.png").mkdir()
+    saved = []
+    report = run(jobs, load=lambda job: job, compute=lambda items: items,
+                 save=lambda job, item, result: saved.append(job.source.name), skip_existing=skip_existing,
+                 quiet=True)
+    assert saved == ["b.png"] and report.skipped == 0
+    assert [(path.name, reason) for path, reason in report.failed] == [
+        ("a.png", f"cannot write {here / 'out' / 'a.png'}: a folder is in the way"),
+        ("c.png", f"cannot write {here / 'out' / 'c_mask.png'}: a folder is in the way")]
+
+
+def test_a_run_wide_error_inside_the_batch_stops_it(tmp_path):
+    def compute(items):
+        raise RunWideError("the backend is gone")
+
+    jobs = [Job(tmp_path / "a", tmp_path / "out" / "a"), Job(tmp_path / "b", tmp_path / "out" / "b")]
+    with pytest.raises(RunWideError):
+        run(jobs, load=lambda job: job, compute=compute, save=lambda *_: None, quiet=True)
 
 
 def test_unexpected_errors_are_reraised_in_debug_mode(tmp_path, monkeypatch):

@@ -10,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from helpers import make_image, stderr_lines
 from imgforge.checkpoint import MAX_DEPTH, building, load_state_dict, tensors
+from imgforge.cli import main
 from imgforge.errors import ModelError
 
 
@@ -151,8 +153,29 @@ def test_a_fifo_or_a_device_is_not_a_regular_file(tmp_path, kind):
         load_state_dict(path)
 
 
+def test_non_finite_weights_are_refused_naming_the_tensor(here, capfd):
+    weights = {"model.0.weight": torch.ones(2, 2), "model.1.bias": torch.tensor([0.0, float("nan")])}
+    save_file(weights, str(here / "nan.safetensors"))
+    torch.save({"state": {"w": torch.tensor([float("inf")])}}, here / "inf.pth")
+    with pytest.raises(ModelError, match=r"nan.safetensors: tensor 'model.1.bias' holds NaN or infinite values"):
+        load_state_dict(here / "nan.safetensors")
+    with pytest.raises(ModelError, match=r"inf.pth: tensor 'state.w' holds NaN or infinite values"):
+        load_state_dict(here / "inf.pth")
+    make_image(here / "a.png")
+    assert main(["translate", "a.png", "-o", "out", "--checkpoint", "nan.safetensors"]) == 1
+    assert stderr_lines(capfd) == ["error: nan.safetensors: tensor 'model.1.bias' holds NaN or infinite values; "
+                                   "the weights are damaged"]
+
+
+def test_a_checkpoint_that_is_a_folder_is_called_one(here, capfd):
+    make_image(here / "a.png")
+    (here / "run" / "latest").mkdir(parents=True)
+    assert main(["translate", "a.png", "-o", "out", "--checkpoint", "run/latest"]) == 1
+    assert stderr_lines(capfd) == ["error: run/latest is a folder, not a weights file (give the .pth or "
+                                   ".safetensors file inside it)"]
+
+
 def test_models_inspect_reports_a_junk_file_in_a_folder_and_goes_on(tmp_path, capsys):
-    from imgforge.cli import main
     from imgforge.nets.pix2pix import GeneratorOptions, build_generator
 
     torch.save(build_generator(GeneratorOptions(netG="unet_128", ngf=2)).state_dict(), tmp_path / "a_good.pth")

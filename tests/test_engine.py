@@ -112,15 +112,6 @@ def test_a_worker_setup_error_is_one_line(ray_address, photos, tmp_path, capsys)
     assert last.startswith("error: cannot ") and "not_a_checkpoint.pth" in last and "Traceback" not in err
 
 
-def test_a_worker_setup_error_is_one_line(ray_address, photos, tmp_path, capsys):
-    bad = tmp_path / "not_a_checkpoint.pth"
-    bad.write_bytes(b"nonsense")
-    assert main(translate_args(photos, bad, tmp_path / "out") + ["--engine", "ray"]) == 1
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]  # Ray may print its own notes first
-    assert last.startswith("error: cannot ") and "not_a_checkpoint.pth" in last and "Traceback" not in err
-
-
 def make_inputs(tmp_path: Path) -> Path:
     inverted_images(tmp_path / "in", 2, step=50)
     return tmp_path / "in"

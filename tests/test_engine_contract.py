@@ -17,14 +17,14 @@ import pytest
 from PIL import Image
 
 from engine_tasks import InvertTask
-from helpers import kill_when_written
+from helpers import kill_when_written, make_image
 from imgforge.batch import plan_jobs
 from imgforge.cli import main
 from imgforge.engine import EngineOptions, execute
 from imgforge.imageio import read_image
 from imgforge.progress import printable
 from imgforge.storage import location
-from test_batch import DRIVER, make_image
+from test_batch import DRIVER
 from test_translate_cli import save_image, write_checkpoint
 
 # what each engine is given besides its name in these tests (one Ray actor: each starts in seconds)

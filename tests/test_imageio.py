@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
+from helpers import make_image, stderr_lines
+from imgforge.cli import main
 from imgforge.errors import InputError, OutputError
 from imgforge.imageio import Picture, read_image, write_image
 
@@ -407,6 +409,39 @@ def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
         read_image(tmp_path / "a.png")
     monkeypatch.setenv("IMGFORGE_MAX_PIXELS", str(24 * 32))
     assert read_image(tmp_path / "a.png").width == 32
+
+
+@pytest.mark.parametrize("value", ["lots", "-4", "0"])
+def test_a_bad_pixel_limit_stops_the_run_before_the_first_image(here, capfd, monkeypatch, value):
+    make_image(here / "a.png")
+    monkeypatch.setenv("IMGFORGE_MAX_PIXELS", value)
+    assert main(["translate", "a.png", "-o", "out", "--model", "x"]) == 1
+    assert stderr_lines(capfd) == [f"error: IMGFORGE_MAX_PIXELS must be a whole number of pixels, not '{value}'"]
+
+
+def test_a_huge_sparse_file_costs_its_pixels_not_its_size(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "sparse.png"
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(path)
+    os.truncate(path, 300 << 20)  # 300 MB of zeros after the image (sparse: no disk space)
+    tracemalloc.start()
+    try:
+        picture = read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert picture.pixels.shape == (8, 8, 3) and int(picture.pixels.max()) == 7
+    assert peak < 20 << 20
+
+
+def test_a_16_bit_file_larger_than_its_pixels_can_be_is_refused_unread(tmp_path):
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.full((8, 8, 3), 4000, np.uint16))
+    assert read_image(path).pixels.dtype == np.uint16
+    os.truncate(path, 100 << 20)
+    with pytest.raises(InputError, match=r"deep.png: the file is 104857600 bytes, more than a 8x8 image can hold"):
+        read_image(path)
 
 
 # ---- refusing bad outputs, leaving nothing behind --------------------------------------------------------

@@ -1,9 +1,11 @@
-"""weights_manifest.toml loading and validation."""
+"""weights_manifest.toml loading and validation, and the one error line a bad manifest gives."""
 
 from __future__ import annotations
 
 import pytest
 
+from helpers import stderr_lines
+from imgforge.cli import main
 from imgforge.errors import ManifestError
 from imgforge.manifest import DEFAULT_MANIFEST, TASKS, NetworkSpec, get_model, load_manifest, models_for_task
 
@@ -118,6 +120,22 @@ def test_invalid_manifest_is_one_line_error_naming_the_table(tmp_path, write_man
     assert "\n" not in message and str(path) in message
     if expected not in ("Expected ']'", "unknown top-level key(s) title"):  # errors about one model name it
         assert "[models.m" in message or "[models.bad name]" in message
+
+
+def test_manifest_errors_keep_the_table_name(here, capfd, monkeypatch):
+    (here / "unknownkey.toml").write_text('[models.t1]\ntask = "sample"\nfoo = 1\n')
+    monkeypatch.setenv("IMGFORGE_MANIFEST", str(here / "unknownkey.toml"))
+    assert main(["models", "list"]) == 1
+    (line,) = stderr_lines(capfd)
+    assert line.startswith(f"error: {here / 'unknownkey.toml'}: [models.t1]: unknown key(s) foo; allowed: ")
+
+
+def test_a_binary_manifest_is_named(here, capfd, monkeypatch):
+    (here / "binary.toml").write_bytes(bytes(range(256)) * 4)
+    monkeypatch.setenv("IMGFORGE_MANIFEST", str(here / "binary.toml"))
+    assert main(["models", "list"]) == 1
+    assert stderr_lines(capfd) == [f"error: {here / 'binary.toml'}: not a model manifest (TOML is UTF-8 text; "
+                                   "this file is not)"]
 
 
 def test_missing_manifest_file_is_a_manifest_error(tmp_path, monkeypatch):

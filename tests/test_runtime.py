@@ -1,12 +1,16 @@
 """Device and precision choice (imgforge/device.py), the torch / ONNX runners (imgforge/runtime.py) and the ONNX
 graph cache and sessions (imgforge/onnx/)."""
 
+import sys
+
 import pytest
 import torch
 
+from helpers import make_image, stderr_lines
 from imgforge import device as devices
 from imgforge import runtime
-from imgforge.errors import ImgforgeError
+from imgforge.cli import main
+from imgforge.errors import ImgforgeError, RunWideError
 from imgforge.nets.registry import RunPolicy
 from imgforge.onnx import cache, session
 
@@ -83,6 +87,21 @@ def test_corrupt_cached_graph_is_rebuilt(tmp_path, monkeypatch):
     assert graph.stat().st_size > 100
 
 
+def test_an_onnx_cache_that_is_a_file_is_named(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file")
+    monkeypatch.setenv("IMGFORGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RunWideError, match=r"cannot create the ONNX graph cache .*cache/onnx \(set IMGFORGE_CACHE"):
+        runtime.make_runner(_module(), backend="onnx", device=torch.device("cpu"), export=_export())
+
+
+def test_missing_onnxruntime_stops_the_run_before_the_first_image(here, capfd, monkeypatch):
+    make_image(here / "a.png")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    assert main(["translate", "a.png", "-o", "out", "--model", "x", "--backend", "onnx"]) == 1
+    assert stderr_lines(capfd) == ["error: --backend onnx needs the onnxruntime package: pip install "
+                                   "'imgforge[onnx]' (GPU) or 'imgforge[onnx-cpu]'"]
+
+
 def test_providers_prefer_tensorrt_when_asked_then_cuda_then_cpu(monkeypatch):
     import onnxruntime
 
@@ -123,6 +142,15 @@ def test_bf16_runner_returns_float32_close_to_fp32():
     half = runtime.make_runner(_module(), device=cpu, dtype=torch.bfloat16)(x)
     assert half.dtype == torch.float32
     assert (full - half).abs().max() < 0.05
+
+
+def test_a_runner_never_moves_the_module_it_is_given():
+    module = _module()
+    runner = runtime.make_runner(module, device=torch.device("meta"))
+    assert {p.device.type for p in module.parameters()} == {"cpu"}
+    assert {p.device.type for p in runner.module.parameters()} == {"meta"}
+    same = runtime.make_runner(module, device=torch.device("cpu"))
+    assert same.module is module  # nothing to change: no copy
 
 
 def test_onnx_refuses_bf16_and_fp16_on_cpu_and_unknown_backends():

@@ -1,5 +1,5 @@
 """`imgforge sample` end to end with a tiny DDPM: from a local Hub server, from local folders, per-image seeds,
-resuming, and errors."""
+resuming, Ctrl-C, the planned outputs, and errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save
 
+from helpers import make_image, stderr_lines
 from imgforge.cli import main
+from imgforge.imageio import partial_path
 from imgforge.nets.ddpm_unet import DDPMUNet
 from imgforge.pipelines.sample import generate, load_model, sample
 
@@ -181,6 +183,56 @@ def test_ctrl_c_leaves_complete_files_and_a_resume_finishes_the_run(tiny_folder,
     assert main(args + ["--skip-existing"]) == 0
     resumed = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(4)])
     np.testing.assert_array_equal(resumed, sample(str(tiny_folder), num=4, steps=3, device="cpu", quiet=True).images)
+
+
+def test_the_sample_grid_never_replaces_a_sample(here, capfd):
+    assert main(["sample", "-n", "4", "-o", "out", "--grid", "out/sample_00000.png", "--device", "cpu"]) == 1
+    (line,) = stderr_lines(capfd)
+    assert line == "error: sample 0 and the grid would both be written to out/sample_00000.png"
+    assert not (here / "out").exists()
+
+
+def test_sample_skip_existing_removes_the_temp_file_of_a_killed_run(tiny_folder, here, capfd):
+    out = here / "out"
+    make_image(out / "sample_00000.png", size=(8, 8))
+    partial_path(out / "sample_00000.png").write_bytes(b"half a png")
+    code = main(["sample", "-m", str(tiny_folder), "-n", "1", "--steps", "1", "-o", "out", "--skip-existing",
+                 "--device", "cpu", "-q"])
+    assert code == 0, capfd.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["sample_00000.png"]
+
+
+def test_ctrl_c_in_sample_prints_one_interrupted_line(tiny_folder, here, capfd, monkeypatch):
+    import imgforge.pipelines.sample as pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.Drawer, "__call__", interrupted)
+    assert main(["sample", "-m", str(tiny_folder), "-n", "2", "--steps", "1", "-o", "out", "--device", "cpu",
+                 "-q"]) == 130
+    assert stderr_lines(capfd) == ["interrupted: 0 done, 0 skipped, 0 failed, 2 not run; outputs written so far are "
+                                   "complete"]
+
+
+@pytest.mark.parametrize("size,problem", [
+    (100000, "sample_size 100000 makes images of 10000000000 pixels, over the limit of 178956970"),
+    (-4, "sample_size must be a positive whole number of pixels or a [height, width] pair, not -4"),
+    ([8, 0], "sample_size must be a positive whole number of pixels or a [height, width] pair, not [8, 0]"),
+])
+def test_a_bad_ddpm_sample_size_is_named(here, capfd, size, problem):
+    model = write_folder(here / "ddpm", {**TINY_UNET, "sample_size": size})
+    assert main(["sample", "-m", str(model), "-n", "1", "--steps", "1", "-o", "out", "--device", "cpu", "-q"]) == 1
+    (line,) = stderr_lines(capfd)
+    assert line.startswith(f"error: {model / 'config.json'}: {problem}")
+
+
+def test_sampling_in_bf16_leaves_the_callers_model_alone(tiny_folder):
+    model = load_model(str(tiny_folder))
+    before = {name: tensor.clone() for name, tensor in model.unet.state_dict().items()}
+    list(generate(model, [0], steps=1, precision="bf16", device="cpu"))
+    after = model.unet.state_dict()
+    assert all(after[name].dtype == torch.float32 and torch.equal(after[name], before[name]) for name in before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

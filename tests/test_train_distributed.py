@@ -90,3 +90,15 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp_path
     assert_same_weights(uninterrupted, tmp_path / "run", tolerance=0.0)
     assert torch.equal(load_state_dict(uninterrupted / "2_net_G.pth")["model.1.weight"],
                        load_state_dict(tmp_path / "run" / "2_net_G.pth")["model.1.weight"])
+
+
+def test_ray_train_at_an_address_where_nothing_answers_fails_in_one_line(tmp_path):
+    pytest.importorskip("ray.train.torch")
+    data = aligned_dataset(tmp_path / "data", count=2)
+    # a process of its own: this one may have joined the tests' Ray already
+    completed = subprocess.run([sys.executable, "-m", "imgforge", "train", "pix2pix", str(data), "-o",
+                                str(tmp_path / "run"), *FLAGS, "--engine", "ray", "--ray-address",
+                                f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 1
+    err = completed.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot connect to the Ray cluster at 127.0.0.1:"), err

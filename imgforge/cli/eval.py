@@ -29,8 +29,12 @@ FeatureBatch = Annotated[int, typer.Option("--batch-size", min=1, metavar="N", h
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
-def _engine(engine, ray_address, workers, gpus_per_worker):
-    return options.engine_choice(engine, ray_address, workers, gpus_per_worker)
+# what every metric command shares: where the Inception/LPIPS networks run and how they are found
+RUN_OPTIONS = options.parameters(
+    quiet=(options.Quiet, False), device=(options.Device, "auto"), offline=(options.Offline, False),
+    weights_dir=(options.WeightsDir, None), engine=(options.Engine, None), ray_address=(options.RayAddress, None),
+    workers=(options.Workers, None), gpus_per_worker=(options.GpusPerWorker, None),
+)
 
 
 def _finish(result, json: bool, text: str) -> None:
@@ -46,6 +50,7 @@ def _check_failed(failed) -> None:
 
 
 @eval_app.command("fid")
+@options.taking(*RUN_OPTIONS)
 def fid_command(
     sets: Annotated[List[str], typer.Argument(
         metavar="REAL FAKE", help="Two image sets (folders, globs, s3:// URLs) or statistics .npz files; "
@@ -55,18 +60,14 @@ def fid_command(
         help="Reference statistics (from 'imgforge eval fid-stats' or pytorch-fid --save-stats) instead of REAL.")
     ] = None,
     dims: Dims = 2048, clean: Clean = False, batch_size: FeatureBatch = 50, recursive: options.Recursive = False,
-    json: Json = False, quiet: options.Quiet = False, device: options.Device = "auto",
-    offline: options.Offline = False, weights_dir: options.WeightsDir = None, engine: options.Engine = None,
-    ray_address: options.RayAddress = None, workers: options.Workers = None,
-    gpus_per_worker: options.GpusPerWorker = None,
+    json: Json = False, **run_options,
 ) -> None:
     """Fréchet Inception Distance between two image sets (pytorch-fid's numbers with the same weights)."""
     from ..eval.set_metrics import fid
 
     real, fake = _two_sets(sets, stats)
-    result = fid(real, fake, dims=dims, clean=clean, batch_size=batch_size, device=device, recursive=recursive,
-                 engine=_engine(engine, ray_address, workers, gpus_per_worker), offline=offline or None,
-                 weights_dir=weights_dir, quiet=quiet)
+    result = fid(real, fake, dims=dims, clean=clean, batch_size=batch_size, recursive=recursive,
+                 **options.run_arguments(run_options))
     _finish(result, json, f"FID {result.value:.4f} ({result.counts[0]} and {result.counts[1]} images)")
 
 
@@ -81,6 +82,7 @@ def _two_sets(sets: list[str], stats: str | None) -> tuple[str, list[str]]:
 
 
 @eval_app.command("fid-stats")
+@options.taking(*RUN_OPTIONS)
 def fid_stats_command(
     inputs: options.Inputs,
     output: Annotated[str, typer.Option("-o", "--output", metavar="FILE.npz", show_default=False,
@@ -88,28 +90,25 @@ def fid_stats_command(
     dims: Dims = 2048, clean: Clean = False, batch_size: FeatureBatch = 50, recursive: options.Recursive = False,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore the partial sums of an interrupted run.")]
     = False,
-    json: Json = False, quiet: options.Quiet = False, device: options.Device = "auto",
-    offline: options.Offline = False, weights_dir: options.WeightsDir = None, engine: options.Engine = None,
-    ray_address: options.RayAddress = None, workers: options.Workers = None,
-    gpus_per_worker: options.GpusPerWorker = None,
+    json: Json = False, **run_options,
 ) -> None:
     """Write the Inception statistics of an image set, for 'eval fid --stats'. Resumable: run it again after an
     interruption and it continues."""
     from ..eval.set_metrics import fid_stats
 
-    result = fid_stats(inputs, output, dims=dims, clean=clean, batch_size=batch_size, device=device,
-                       recursive=recursive, engine=_engine(engine, ray_address, workers, gpus_per_worker),
-                       offline=offline or None, weights_dir=weights_dir, quiet=quiet, resume=not restart)
+    result = fid_stats(inputs, output, dims=dims, clean=clean, batch_size=batch_size, recursive=recursive,
+                       resume=not restart, **options.run_arguments(run_options))
     if json:
         sys.stdout.write(json_module.dumps({"output": output, "images": result.count,
                                             "dims": int(result.statistics.mu.shape[0]),
                                             "failed": len(result.failed)}) + "\n")
-    elif not quiet:
+    elif not run_options["quiet"]:
         console.print(f"{printable(output)}: statistics of {result.count} images", markup=False, highlight=False)
     _check_failed(result.failed)
 
 
 @eval_app.command("kid")
+@options.taking(*RUN_OPTIONS)
 def kid_command(
     real: Annotated[str, typer.Argument(metavar="REAL", help="Reference images (folder, glob, s3://).")],
     fake: Annotated[List[str], typer.Argument(metavar="FAKE", help="Images to score.")],
@@ -118,43 +117,36 @@ def kid_command(
                                              help="Images per subset (at most the smaller set).")] = 1000,
     seed: options.Seed = None,
     dims: Dims = 2048, clean: Clean = False, batch_size: FeatureBatch = 50, recursive: options.Recursive = False,
-    json: Json = False, quiet: options.Quiet = False, device: options.Device = "auto",
-    offline: options.Offline = False, weights_dir: options.WeightsDir = None, engine: options.Engine = None,
-    ray_address: options.RayAddress = None, workers: options.Workers = None,
-    gpus_per_worker: options.GpusPerWorker = None,
+    json: Json = False, **run_options,
 ) -> None:
     """Kernel Inception Distance (torch-fidelity's defaults: cubic polynomial kernel, 100 subsets of 1000)."""
     from ..eval.set_metrics import kid
 
     result = kid(real, fake, subsets=subsets, subset_size=subset_size, seed=seed or 0, dims=dims, clean=clean,
-                 batch_size=batch_size, device=device, recursive=recursive,
-                 engine=_engine(engine, ray_address, workers, gpus_per_worker), offline=offline or None,
-                 weights_dir=weights_dir, quiet=quiet)
+                 batch_size=batch_size, recursive=recursive, **options.run_arguments(run_options))
     _finish(result, json, f"KID {result.value:.6f} ± {result.std:.6f} ({result.counts[0]} and {result.counts[1]} "
                           f"images, subsets of {result.details['subset_size']})")
 
 
 @eval_app.command("is")
+@options.taking(*RUN_OPTIONS)
 def is_command(
     inputs: options.Inputs,
     splits: Annotated[int, typer.Option("--splits", min=1, metavar="N", help="Parts the score is averaged over.")]
     = 10,
     clean: Clean = False, batch_size: FeatureBatch = 50, recursive: options.Recursive = False,
-    json: Json = False, quiet: options.Quiet = False, device: options.Device = "auto",
-    offline: options.Offline = False, weights_dir: options.WeightsDir = None, engine: options.Engine = None,
-    ray_address: options.RayAddress = None, workers: options.Workers = None,
-    gpus_per_worker: options.GpusPerWorker = None,
+    json: Json = False, **run_options,
 ) -> None:
     """Inception Score of an image set (softmax of the 1008 logits, 10 splits)."""
     from ..eval.set_metrics import inception_score_of
 
-    result = inception_score_of(inputs, splits=splits, clean=clean, batch_size=batch_size, device=device,
-                                recursive=recursive, engine=_engine(engine, ray_address, workers, gpus_per_worker),
-                                offline=offline or None, weights_dir=weights_dir, quiet=quiet)
+    result = inception_score_of(inputs, splits=splits, clean=clean, batch_size=batch_size, recursive=recursive,
+                                **options.run_arguments(run_options))
     _finish(result, json, f"IS {result.value:.4f} ± {result.std:.4f} ({result.counts[0]} images)")
 
 
 @eval_app.command("pairs")
+@options.taking(*RUN_OPTIONS)
 def pairs_command(
     predictions: Annotated[str, typer.Argument(metavar="PRED", help="Predicted images (folder, glob, s3://).")],
     references: Annotated[str, typer.Argument(metavar="REF", help="Reference images, paired by name.")],
@@ -163,17 +155,13 @@ def pairs_command(
     by_order: Annotated[bool, typer.Option("--by-order", help="Pair the sorted files by position, not name.")]
     = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Pairs per LPIPS call.")] = 8,
-    recursive: options.Recursive = False, json: Json = False, quiet: options.Quiet = False,
-    device: options.Device = "auto", offline: options.Offline = False, weights_dir: options.WeightsDir = None,
-    engine: options.Engine = None, ray_address: options.RayAddress = None, workers: options.Workers = None,
-    gpus_per_worker: options.GpusPerWorker = None,
+    recursive: options.Recursive = False, json: Json = False, **run_options,
 ) -> None:
     """PSNR, SSIM, LPIPS and L1 of each prediction against its reference, and their mean."""
     from ..eval.pairwise import pairs
 
     result = pairs(predictions, references, metrics=metrics.split(","), by_order=by_order, recursive=recursive,
-                   device=device, batch_size=batch_size, engine=_engine(engine, ray_address, workers, gpus_per_worker),
-                   offline=offline or None, weights_dir=weights_dir, quiet=quiet)
+                   batch_size=batch_size, **options.run_arguments(run_options))
     names = list(result.mean)
     if json:
         lines = [json_module.dumps({k: _finite(v) for k, v in row.items()}) for row in result.rows]

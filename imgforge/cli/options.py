@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json as json_module
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from ..errors import PartialFailure
 from ..progress import console
 
 if TYPE_CHECKING:  # the engine pulls in OpenCV and Pillow, which commands that do not read images need not load
-    from ..engine import BatchReport, EngineOptions
+    from ..engine import BatchReport
 
 Inputs = Annotated[List[str], typer.Argument(help="Input images, folders or glob patterns.", metavar="INPUT",
                                              show_default=False)]
@@ -86,14 +87,46 @@ Threads = Annotated[
 Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Random seed, for reproducible results.")]
 
 
-def engine_choice(engine: str | None, ray_address: str | None = None, workers: int | None = None,
-                  gpus_per_worker: float | None = None) -> EngineOptions:
-    """The engine and the engine-specific options given on the command line (the chosen engine refuses
-    options that are not its own)."""
+def parameters(**declared: tuple) -> tuple[inspect.Parameter, ...]:
+    """Options for `taking`, each as name=(annotation, default)."""
+    return tuple(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+                 for name, (annotation, default) in declared.items())
+
+
+def taking(*shared: inspect.Parameter):
+    """Declares options several commands share once: the decorated command takes them after its own (typer reads
+    the signature) and receives them in its ** parameter."""
+
+    def decorate(command):
+        own = inspect.signature(command, eval_str=True)
+        named = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        command.__signature__ = own.replace(parameters=[*named, *shared])
+        command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+        return command
+
+    return decorate
+
+
+# what the batch commands (restore, translate, sample) share: reporting, where and how the networks run
+RUN_OPTIONS = parameters(
+    json=(JsonReport, False), quiet=(Quiet, False), device=(Device, "auto"), precision=(Precision, "fp32"),
+    backend=(Backend, "torch"), offline=(Offline, False), weights_dir=(WeightsDir, None), engine=(Engine, None),
+    ray_address=(RayAddress, None), workers=(Workers, None), gpus_per_worker=(GpusPerWorker, None),
+    threads=(Threads, None),
+)
+
+
+def run_arguments(given: dict) -> dict:
+    """The Python API's keyword arguments for the shared options given: the engine and its own options become one
+    EngineOptions (the chosen engine refuses options that are not its own)."""
     from ..engine import EngineOptions
 
-    given = {"address": ray_address, "workers": workers, "gpus_per_worker": gpus_per_worker}
-    return EngineOptions(name=engine, settings={key: value for key, value in given.items() if value is not None})
+    given = dict(given)
+    engine_settings = {"address": given.pop("ray_address", None), "workers": given.pop("workers", None),
+                       "gpus_per_worker": given.pop("gpus_per_worker", None)}
+    engine = EngineOptions(name=given.pop("engine", None),
+                           settings={key: value for key, value in engine_settings.items() if value is not None})
+    return {**given, "engine": engine}
 
 
 def finish_batch(report: BatchReport, *, json: bool = False, quiet: bool = False) -> None:

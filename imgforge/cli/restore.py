@@ -12,6 +12,7 @@ from .app import app
 
 
 @app.command()
+@options.taking(*options.RUN_OPTIONS)
 def restore(
     inputs: options.Inputs,
     output: options.Output = None,
@@ -67,18 +68,7 @@ def restore(
     suffix: options.Suffix = "",
     output_format: options.OutputFormat = None,
     skip_existing: options.SkipExisting = False,
-    json: options.JsonReport = False,
-    quiet: options.Quiet = False,
-    device: options.Device = "auto",
-    precision: options.Precision = "fp32",
-    backend: options.Backend = "torch",
-    offline: options.Offline = False,
-    weights_dir: options.WeightsDir = None,
-    engine: options.Engine = None,
-    ray_address: options.RayAddress = None,
-    workers: options.Workers = None,
-    gpus_per_worker: options.GpusPerWorker = None,
-    threads: options.Threads = None,
+    **run_options,
 ) -> None:
     """Restore old photos: repair scratches, reduce noise, blur and fading, then enhance the faces.
 
@@ -89,10 +79,8 @@ def restore(
     report = run_restore(
         inputs, output, scratches=scratches, mode=mode.lower(), hr=hr, mask=mask, mask_dilation=mask_dilation,
         save_mask=save_mask, stretch=stretch, faces=faces, faces_only=faces_only,
-        face_detector=face_detector.lower(), save_faces=save_faces, device=device, precision=precision,
-        backend=backend.lower(), recursive=recursive,
-        suffix=suffix, output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json,
-        offline=offline, weights_dir=weights_dir, batch_size=batch_size,
-        engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker), threads=threads,
+        face_detector=face_detector.lower(), save_faces=save_faces, recursive=recursive, suffix=suffix,
+        output_format=output_format, skip_existing=skip_existing, batch_size=batch_size,
+        **options.run_arguments(run_options),
     )
-    options.finish_batch(report, json=json, quiet=quiet)
+    options.finish_batch(report, json=run_options["json"], quiet=run_options["quiet"])

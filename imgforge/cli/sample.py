@@ -12,6 +12,7 @@ from ..progress import console
 
 
 @app.command()
+@options.taking(*options.RUN_OPTIONS)
 def sample(
     model: Annotated[
         str, typer.Option("--model", "-m", metavar="NAME|DIR",
@@ -48,18 +49,7 @@ def sample(
         bool, typer.Option("--skip-existing", help="Keep the sample files already there and make only the missing "
                            "ones (resume an interrupted run).")
     ] = False,
-    json: options.JsonReport = False,
-    quiet: options.Quiet = False,
-    device: options.Device = "auto",
-    precision: options.Precision = "fp32",
-    backend: options.Backend = "torch",
-    offline: options.Offline = False,
-    weights_dir: options.WeightsDir = None,
-    engine: options.Engine = None,
-    ray_address: options.RayAddress = None,
-    workers: options.Workers = None,
-    gpus_per_worker: options.GpusPerWorker = None,
-    threads: options.Threads = None,
+    **run_options,
 ) -> None:
     """Generate images with DDPM, from the official checkpoints or your own diffusers model.
 
@@ -70,11 +60,9 @@ def sample(
         output = "samples"
     report = run_sample(
         model, num=num, steps=steps, sampler=sampler.lower(), eta=eta, spacing=spacing, seed=seed,
-        batch_size=batch_size, device=device, precision=precision, backend=backend.lower(), output=output,
-        grid=grid, skip_existing=skip_existing, quiet=quiet, json=json, offline=offline or None,
-        weights_dir=weights_dir, engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),
-        threads=threads,
+        batch_size=batch_size, output=output, grid=grid, skip_existing=skip_existing,
+        **options.run_arguments(run_options),
     )
-    if report.grid is not None and not quiet:
+    if report.grid is not None and not run_options["quiet"]:
         console.print(f"grid: {report.grid}", markup=False, highlight=False, soft_wrap=True)
-    options.finish_batch(report, json=json, quiet=quiet)
+    options.finish_batch(report, json=run_options["json"], quiet=run_options["quiet"])

@@ -44,16 +44,18 @@ Engine = Annotated[str, typer.Option("--engine", metavar="local|ray",
 Workers = Annotated[int, typer.Option("--workers", metavar="N", min=1, help="Ray Train workers (--engine ray).")]
 
 
-def settings_fields(*, seed, batch_size, resume, save_every, log_every, loader_workers, json, quiet, device,
-                    precision, engine, workers, gpus_per_worker, ray_address, threads) -> dict:
-    """The TrainSettings fields of the shared options, as keyword arguments of imgforge.train.api."""
-    return dict(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every, log_every=log_every,
-                loader_workers=loader_workers, json=json, quiet=quiet, device=device, precision=precision,
-                engine=engine, workers=workers, gpus_per_worker=gpus_per_worker or 0.0, ray_address=ray_address,
-                threads=threads)
+# the trainer's settings (TrainSettings) every method takes; the batch size is each method's own (its default
+# differs), as are the GAN options below whose official defaults differ between pix2pix and CycleGAN
+TRAIN_OPTIONS = options.parameters(
+    seed=(Seed, 0), resume=(Resume, False), save_every=(SaveEvery, 5000), log_every=(LogEvery, 100),
+    loader_workers=(LoaderWorkers, None), json=(Json, False), quiet=(options.Quiet, False),
+    device=(options.Device, "auto"), precision=(Precision, "fp32"), engine=(Engine, "local"), workers=(Workers, 1),
+    gpus_per_worker=(options.GpusPerWorker, 0.0), ray_address=(options.RayAddress, None),
+    threads=(options.Threads, None),
+)
 
 
-def report(result, *, json: bool, quiet: bool) -> None:
+def report(result, *, json: bool, quiet: bool, **_) -> None:
     """The end of a run: one line on stderr, the summary object on stdout with --json (rank 0 only)."""
     if not result.main_process:
         return
@@ -96,73 +98,49 @@ Val = Annotated[Optional[Path], typer.Option(
     "CycleGAN: FID of the translations; docs/eval.md).")]
 SaveEpochEvery = Annotated[int, typer.Option("--save-epoch-every", metavar="N", min=1,
                                              help="Epochs between {epoch}_net_*.pth snapshots.")]
+GAN_OPTIONS = options.parameters(
+    ngf=(Ngf, 64), ndf=(Ndf, 64), n_layers_d=(NLayersD, 3), load_size=(LoadSize, 286), crop_size=(CropSize, 256),
+    preprocess=(Preprocess, "resize_and_crop"), no_flip=(NoFlip, False), direction=(Direction, "AtoB"),
+    epochs=(Epochs, 100), epochs_decay=(EpochsDecay, 100), lr=(Lr, 0.0002), beta1=(Beta1, 0.5),
+    start_from=(StartFrom, None), save_epoch_every=(SaveEpochEvery, 5), val=(Val, None),
+)
+
+
+def gan_fields(given: dict) -> dict:
+    """The train API's keyword arguments of the shared options (GAN and trainer) as given on the command line."""
+    given = dict(given)
+    flip = not given.pop("no_flip")
+    val = given.pop("val")
+    return {**given, "flip": flip, "val": None if val is None else str(val)}
 
 
 @train_app.command("pix2pix")
+@options.taking(*GAN_OPTIONS, *TRAIN_OPTIONS)
 def pix2pix(
     dataroot: DataRoot,
     output: RunDir,
     netG: NetG = "unet_256",
-    ngf: Ngf = 64,
-    ndf: Ndf = 64,
-    n_layers_d: NLayersD = 3,
     norm: Norm = "batch",
     no_dropout: Annotated[bool, typer.Option("--no-dropout", help="No dropout in the generator.")] = False,
     gan_mode: GanMode = "vanilla",
     lambda_l1: Annotated[float, typer.Option("--lambda-l1", metavar="X", min=0.0, help="Weight of the L1 loss.")] = 100.0,
-    load_size: LoadSize = 286,
-    crop_size: CropSize = 256,
-    preprocess: Preprocess = "resize_and_crop",
-    no_flip: NoFlip = False,
-    direction: Direction = "AtoB",
-    epochs: Epochs = 100,
-    epochs_decay: EpochsDecay = 100,
-    lr: Lr = 0.0002,
-    beta1: Beta1 = 0.5,
-    start_from: StartFrom = None,
-    save_epoch_every: SaveEpochEvery = 5,
-    val: Val = None,
-    seed: Seed = 0,
     batch_size: BatchSize = 1,
-    resume: Resume = False,
-    save_every: SaveEvery = 5000,
-    log_every: LogEvery = 100,
-    loader_workers: LoaderWorkers = None,
-    json: Json = False,
-    quiet: options.Quiet = False,
-    device: options.Device = "auto",
-    precision: Precision = "fp32",
-    engine: Engine = "local",
-    workers: Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
-    ray_address: options.RayAddress = None,
-    threads: options.Threads = None,
+    **shared,
 ) -> None:
     """pix2pix on DATAROOT/train (A|B side by side), or DATAROOT/A + DATAROOT/B paired by file name."""
     from ..train.api import train_pix2pix
 
-    result = train_pix2pix(
-        dataroot, output, netG=netG, ngf=ngf, ndf=ndf, n_layers_d=n_layers_d, norm=norm, dropout=not no_dropout,
-        gan_mode=gan_mode, lambda_l1=lambda_l1, load_size=load_size, crop_size=crop_size, preprocess=preprocess,
-        flip=not no_flip, direction=direction, epochs=epochs, epochs_decay=epochs_decay, lr=lr, beta1=beta1,
-        start_from=start_from, save_epoch_every=save_epoch_every,
-        val=None if val is None else str(val),
-        **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
-                          log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
-                          precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
-                          ray_address=ray_address, threads=threads),
-    )
-    report(result, json=json, quiet=quiet)
+    result = train_pix2pix(dataroot, output, netG=netG, norm=norm, dropout=not no_dropout, gan_mode=gan_mode,
+                           lambda_l1=lambda_l1, batch_size=batch_size, **gan_fields(shared))
+    report(result, **shared)
 
 
 @train_app.command("cyclegan")
+@options.taking(*GAN_OPTIONS, *TRAIN_OPTIONS)
 def cyclegan(
     dataroot: DataRoot,
     output: RunDir,
     netG: NetG = "resnet_9blocks",
-    ngf: Ngf = 64,
-    ndf: Ndf = 64,
-    n_layers_d: NLayersD = 3,
     norm: Norm = "instance",
     dropout: Annotated[bool, typer.Option("--dropout/--no-dropout", help="Dropout in the generators.")] = False,
     gan_mode: GanMode = "lsgan",
@@ -174,53 +152,21 @@ def cyclegan(
                                                    help="Identity loss, relative to the cycle weights.")] = 0.5,
     pool_size: Annotated[int, typer.Option("--pool-size", metavar="N", min=0,
                                            help="Generated images kept for the discriminators.")] = 50,
-    load_size: LoadSize = 286,
-    crop_size: CropSize = 256,
-    preprocess: Preprocess = "resize_and_crop",
-    no_flip: NoFlip = False,
-    direction: Direction = "AtoB",
-    epochs: Epochs = 100,
-    epochs_decay: EpochsDecay = 100,
-    lr: Lr = 0.0002,
-    beta1: Beta1 = 0.5,
-    start_from: StartFrom = None,
-    save_epoch_every: SaveEpochEvery = 5,
-    val: Val = None,
-    seed: Seed = 0,
     batch_size: BatchSize = 1,
-    resume: Resume = False,
-    save_every: SaveEvery = 5000,
-    log_every: LogEvery = 100,
-    loader_workers: LoaderWorkers = None,
-    json: Json = False,
-    quiet: options.Quiet = False,
-    device: options.Device = "auto",
-    precision: Precision = "fp32",
-    engine: Engine = "local",
-    workers: Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
-    ray_address: options.RayAddress = None,
-    threads: options.Threads = None,
+    **shared,
 ) -> None:
     """CycleGAN on DATAROOT/trainA and DATAROOT/trainB (unpaired)."""
     from ..train.api import train_cyclegan
 
-    result = train_cyclegan(
-        dataroot, output, netG=netG, ngf=ngf, ndf=ndf, n_layers_d=n_layers_d, norm=norm, dropout=dropout,
-        gan_mode=gan_mode, lambda_a=lambda_a, lambda_b=lambda_b, lambda_identity=lambda_identity,
-        pool_size=pool_size, load_size=load_size, crop_size=crop_size, preprocess=preprocess, flip=not no_flip,
-        direction=direction, epochs=epochs, epochs_decay=epochs_decay, lr=lr, beta1=beta1, start_from=start_from,
-        save_epoch_every=save_epoch_every, val=None if val is None else str(val),
-        **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
-                          log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
-                          precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
-                          ray_address=ray_address, threads=threads),
-    )
-    report(result, json=json, quiet=quiet)
+    result = train_cyclegan(dataroot, output, netG=netG, norm=norm, dropout=dropout, gan_mode=gan_mode,
+                            lambda_a=lambda_a, lambda_b=lambda_b, lambda_identity=lambda_identity,
+                            pool_size=pool_size, batch_size=batch_size, **gan_fields(shared))
+    report(result, **shared)
 
 
 # --- DDPM -----------------------------------------------------------------------------------------------------
 @train_app.command("ddpm")
+@options.taking(*TRAIN_OPTIONS)
 def ddpm(
     images: Annotated[Path, typer.Argument(metavar="IMAGES", show_default=False,
                                            help="A folder of training images (read recursively).")],
@@ -257,21 +203,8 @@ def ddpm(
         help="Reference statistics for --fid-every (`imgforge eval fid-stats` of the training images).")] = None,
     fid_samples: Annotated[int, typer.Option("--fid-samples", metavar="N", min=2,
                                              help="EMA samples per FID (papers: 50000).")] = 1000,
-    seed: Seed = 0,
     batch_size: BatchSize = 128,
-    resume: Resume = False,
-    save_every: SaveEvery = 5000,
-    log_every: LogEvery = 100,
-    loader_workers: LoaderWorkers = None,
-    json: Json = False,
-    quiet: options.Quiet = False,
-    device: options.Device = "auto",
-    precision: Precision = "fp32",
-    engine: Engine = "local",
-    workers: Workers = 1,
-    gpus_per_worker: options.GpusPerWorker = 0.0,
-    ray_address: options.RayAddress = None,
-    threads: options.Threads = None,
+    **shared,
 ) -> None:
     """DDPM (Ho et al. 2020) on a folder of images; RUN_DIR becomes a diffusers folder of the EMA weights."""
     from ..train.api import train_ddpm
@@ -280,10 +213,6 @@ def ddpm(
         images, output, model_config=str(model_config) if model_config else None, from_model=start_from,
         resolution=resolution, steps=steps, lr=lr, warmup=warmup, grad_clip=grad_clip, ema_decay=ema_decay,
         dropout=dropout, flip=not no_flip, sample_every=sample_every or fid_every, fid_every=fid_every,
-        fid_ref=str(fid_ref) if fid_ref else None, fid_samples=fid_samples,
-        **settings_fields(seed=seed, batch_size=batch_size, resume=resume, save_every=save_every,
-                          log_every=log_every, loader_workers=loader_workers, json=json, quiet=quiet, device=device,
-                          precision=precision, engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
-                          ray_address=ray_address, threads=threads),
+        fid_ref=str(fid_ref) if fid_ref else None, fid_samples=fid_samples, batch_size=batch_size, **shared,
     )
-    report(result, json=json, quiet=quiet)
+    report(result, **shared)

@@ -13,6 +13,7 @@ from .app import app
 
 
 @app.command()
+@options.taking(*options.RUN_OPTIONS)
 def translate(
     inputs: options.Inputs,
     output: options.Output = None,
@@ -76,18 +77,7 @@ def translate(
     suffix: options.Suffix = "",
     output_format: options.OutputFormat = None,
     skip_existing: options.SkipExisting = False,
-    json: options.JsonReport = False,
-    quiet: options.Quiet = False,
-    device: options.Device = "auto",
-    precision: options.Precision = "fp32",
-    backend: options.Backend = "torch",
-    offline: options.Offline = False,
-    weights_dir: options.WeightsDir = None,
-    engine: options.Engine = None,
-    ray_address: options.RayAddress = None,
-    workers: options.Workers = None,
-    gpus_per_worker: options.GpusPerWorker = None,
-    threads: options.Threads = None,
+    **run_options,
 ) -> None:
     """Translate images with pix2pix or CycleGAN.
 
@@ -100,9 +90,7 @@ def translate(
     report = run_translate(
         inputs, output, model=model, checkpoint=checkpoint, netG=netG, norm=norm, ngf=ngf, mode=mode,
         direction=direction, size=size, aligned=aligned, compare=compare, seed=seed, batch_size=batch_size,
-        device=device, precision=precision, backend=backend, recursive=recursive, suffix=suffix,
-        output_format=output_format, skip_existing=skip_existing, quiet=quiet, json=json, offline=offline,
-        weights_dir=weights_dir, engine=options.engine_choice(engine, ray_address, workers, gpus_per_worker),
-        threads=threads,
+        recursive=recursive, suffix=suffix, output_format=output_format, skip_existing=skip_existing,
+        **options.run_arguments(run_options),
     )
-    options.finish_batch(report, json=json, quiet=quiet)
+    options.finish_batch(report, json=run_options["json"], quiet=run_options["quiet"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,21 +25,18 @@ from ..nets.patchgan import DiscriminatorOptions
 from ..nets.pix2pix import GeneratorOptions
 from ..pipelines.translate import tensor_to_uint8
 from . import data
-from .gan import GANLoss, ImagePool, Schedule, adam, dropout_masks, new_discriminator, new_generator, set_requires_grad
-from .outputs import load_start_weights, write_networks
+from .gan import (GANLoss, GANMethod, GANOptions, ImagePool, dropout_masks, new_discriminator, new_generator,
+                  set_requires_grad)
+from .outputs import load_start_weights
 from .pix2pix import PREVIEW_IMAGES, step_helpers, translate_for_preview, translate_in_chunks
-from .trainer import Context, Length, Method
+from .trainer import Context, Length
 
 
 @dataclass(frozen=True)
-class CycleGANOptions:
+class CycleGANOptions(GANOptions):
     """The official CycleGAN options (train.py with --model cycle_gan), under imgforge's names."""
 
-    dataroot: str
     netG: str = "resnet_9blocks"
-    ngf: int = 64
-    ndf: int = 64
-    n_layers_d: int = 3
     norm: str = "instance"
     dropout: bool = False
     gan_mode: str = "lsgan"
@@ -48,18 +44,6 @@ class CycleGANOptions:
     lambda_b: float = 10.0
     lambda_identity: float = 0.5
     pool_size: int = 50
-    load_size: int = 286
-    crop_size: int = 256
-    preprocess: str = "resize_and_crop"
-    flip: bool = True
-    direction: str = "AtoB"
-    epochs: int = 100
-    epochs_decay: int = 100
-    lr: float = 0.0002
-    beta1: float = 0.5
-    start_from: str | None = None
-    val: str | None = None  # --val: FID of the translated validation images at each epoch end
-    save_epoch_every: int = 5
 
 
 class CycleGANStep:
@@ -119,7 +103,7 @@ class CycleGANStep:
         return {k: v.detach() for k, v in losses.items()}
 
 
-class CycleGANMethod(Method):
+class CycleGANMethod(GANMethod):
     name = "cyclegan"
 
     def __init__(self, options: CycleGANOptions, context: Context):
@@ -136,12 +120,8 @@ class CycleGANMethod(Method):
         if options.start_from:
             load_start_weights(options.start_from, self.nets)
         wrapped = {name: context.prepare(net) for name, net in self.nets.items()}
-        self.optimizer_G = adam(itertools.chain(self.nets["G_A"].parameters(), self.nets["G_B"].parameters()),
-                                options.lr, options.beta1)
-        self.optimizer_D = adam(itertools.chain(self.nets["D_A"].parameters(), self.nets["D_B"].parameters()),
-                                options.lr, options.beta1)
-        schedule = Schedule(options.epochs, options.epochs_decay)
-        self.scheduler_G, self.scheduler_D = schedule.scheduler(self.optimizer_G), schedule.scheduler(self.optimizer_D)
+        self.start_optimizers(itertools.chain(self.nets["G_A"].parameters(), self.nets["G_B"].parameters()),
+                              itertools.chain(self.nets["D_A"].parameters(), self.nets["D_B"].parameters()))
         rank = context.processes.rank
         self.pools = (ImagePool(options.pool_size, context.seed * 1000 + 2 * rank),
                       ImagePool(options.pool_size, context.seed * 1000 + 2 * rank + 1))
@@ -152,30 +132,12 @@ class CycleGANMethod(Method):
     def modules(self):
         return dict(self.nets)
 
-    def optimizers(self):
-        return {"G": self.optimizer_G, "D": self.optimizer_D}
-
-    def schedulers(self):
-        return {"G": self.scheduler_G, "D": self.scheduler_D}
-
-    def step(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.train_step(batch["A"], batch["B"])
-
-    def end_epoch(self, epoch: int) -> dict:
-        self.scheduler_G.step()
-        self.scheduler_D.step()
-        return {"lr": self.optimizer_G.param_groups[0]["lr"]}
-
     def extra_state(self) -> dict:
         return {"pool_A": self.pools[0].state_dict(), "pool_B": self.pools[1].state_dict()}
 
     def load_extra_state(self, state: dict) -> None:
         self.pools[0].load_state_dict(state["pool_A"], self.context.device)
         self.pools[1].load_state_dict(state["pool_B"], self.context.device)
-
-    def write_outputs(self, run_dir: Path, *, epoch: int | None, step: int, final: bool) -> None:
-        snapshot = epoch is not None and (final or epoch % self.options.save_epoch_every == 0)
-        write_networks(run_dir, self.modules(), epoch if snapshot else None)
 
     def evaluate(self, *, epoch: int | None, step: int) -> dict[str, float]:
         """--val: FID of G_A(val A) against the val B images, and of G_B(val B) against the val A images."""

@@ -1,10 +1,12 @@
 """What pix2pix and CycleGAN training share, as in the official models/networks.py and util/image_pool.py:
-fresh networks (the registry's families build them with the official init_weights(normal, 0.02)), the GAN
-objective, dropout masks, the pool of generated images and the learning-rate policy."""
+fresh networks (the registry's families build them with the official init_weights(normal, 0.02)), the base
+options, the GAN objective, dropout masks, the pool of generated images, the learning-rate policy, and the
+Method members both have (two Adam optimizers on that policy, the official checkpoint layout)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +16,38 @@ from ..errors import ImgforgeError
 from ..nets import registry
 from ..nets.patchgan import DiscriminatorOptions, PatchDiscriminator
 from ..nets.pix2pix import DROPOUT_P, NETGS, Generator, GeneratorOptions
+from .outputs import write_networks
+from .trainer import Method
 
 GAN_MODES = ("vanilla", "lsgan")
+
+
+@dataclass(frozen=True)
+class GANOptions:
+    """The options pix2pix and CycleGAN training share (the official base and train options), under imgforge's
+    names; each method's subclass gives netG, norm, dropout and gan_mode its official defaults and adds its own
+    loss weights."""
+
+    dataroot: str
+    netG: str = "unet_256"
+    ngf: int = 64
+    ndf: int = 64
+    n_layers_d: int = 3
+    norm: str = "batch"
+    dropout: bool = True
+    gan_mode: str = "vanilla"
+    load_size: int = 286
+    crop_size: int = 256
+    preprocess: str = "resize_and_crop"
+    flip: bool = True
+    direction: str = "AtoB"
+    epochs: int = 100
+    epochs_decay: int = 100
+    lr: float = 0.0002
+    beta1: float = 0.5
+    start_from: str | None = None  # --from: a generator file, a run folder or a zoo model
+    save_epoch_every: int = 5
+    val: str | None = None  # --val: the validation set evaluated at each epoch end
 
 
 def new_generator(options: GeneratorOptions) -> Generator:
@@ -117,3 +149,36 @@ class Schedule:
 def adam(parameters, lr: float, beta1: float) -> torch.optim.Adam:
     """The official optimizer: Adam(lr, betas=(beta1, 0.999)), eps 1e-8."""
     return torch.optim.Adam(parameters, lr=lr, betas=(beta1, 0.999))
+
+
+class GANMethod(Method):
+    """The Method members pix2pix and CycleGAN share: an Adam optimizer for the generators and one for the
+    discriminators, each on the linear schedule stepped at every epoch's end, a `train_step(A, B)` per batch,
+    and the official checkpoint layout with {epoch}_net_*.pth snapshots every `save_epoch_every` epochs."""
+
+    options: GANOptions
+
+    def start_optimizers(self, generator_parameters, discriminator_parameters) -> None:
+        options = self.options
+        self.optimizer_G = adam(generator_parameters, options.lr, options.beta1)
+        self.optimizer_D = adam(discriminator_parameters, options.lr, options.beta1)
+        schedule = Schedule(options.epochs, options.epochs_decay)
+        self.scheduler_G, self.scheduler_D = schedule.scheduler(self.optimizer_G), schedule.scheduler(self.optimizer_D)
+
+    def optimizers(self):
+        return {"G": self.optimizer_G, "D": self.optimizer_D}
+
+    def schedulers(self):
+        return {"G": self.scheduler_G, "D": self.scheduler_D}
+
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.train_step(batch["A"], batch["B"])
+
+    def end_epoch(self, epoch: int) -> dict:
+        self.scheduler_G.step()
+        self.scheduler_D.step()
+        return {"lr": self.optimizer_G.param_groups[0]["lr"]}
+
+    def write_outputs(self, run_dir: Path, *, epoch: int | None, step: int, final: bool) -> None:
+        snapshot = epoch is not None and (final or epoch % self.options.save_epoch_every == 0)
+        write_networks(run_dir, self.modules(), epoch if snapshot else None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,39 +23,23 @@ from ..nets.patchgan import DiscriminatorOptions
 from ..nets.pix2pix import Generator, GeneratorOptions, load_generator_weights
 from ..pipelines.translate import tensor_to_uint8
 from . import data
-from .gan import GANLoss, Schedule, adam, dropout_masks, new_discriminator, new_generator, set_requires_grad
-from .outputs import load_start_weights, write_networks
+from .gan import GANLoss, GANMethod, GANOptions, dropout_masks, new_discriminator, new_generator, set_requires_grad
+from .outputs import load_start_weights
 from .state import cpu_state
-from .trainer import Context, Length, Method
+from .trainer import Context, Length
 
 PREVIEW_IMAGES = 4  # fixed training pairs shown in each epoch's sample grid
 
 
 @dataclass(frozen=True)
-class Pix2PixOptions:
+class Pix2PixOptions(GANOptions):
     """The official pix2pix options (train.py with --model pix2pix), under imgforge's names."""
 
-    dataroot: str
     netG: str = "unet_256"
-    ngf: int = 64
-    ndf: int = 64
-    n_layers_d: int = 3
     norm: str = "batch"
     dropout: bool = True
     gan_mode: str = "vanilla"
     lambda_l1: float = 100.0
-    load_size: int = 286
-    crop_size: int = 256
-    preprocess: str = "resize_and_crop"
-    flip: bool = True
-    direction: str = "AtoB"
-    epochs: int = 100
-    epochs_decay: int = 100
-    lr: float = 0.0002
-    beta1: float = 0.5
-    start_from: str | None = None  # --from: a generator file, a run folder or a zoo model
-    save_epoch_every: int = 5
-    val: str | None = None  # --val: validation pairs compared with their targets at each epoch end
 
 
 class Pix2PixStep:
@@ -107,7 +90,7 @@ def step_helpers(context: Context | None):
     return context.autocast, context.backward, context.step
 
 
-class Pix2PixMethod(Method):
+class Pix2PixMethod(GANMethod):
     name = "pix2pix"
 
     def __init__(self, options: Pix2PixOptions, context: Context):
@@ -120,34 +103,13 @@ class Pix2PixMethod(Method):
         if options.start_from:
             load_start_weights(options.start_from, {"G": self.G, "D": self.D})
         G, D = context.prepare(self.G), context.prepare(self.D)
-        self.optimizer_G = adam(self.G.parameters(), options.lr, options.beta1)
-        self.optimizer_D = adam(self.D.parameters(), options.lr, options.beta1)
-        schedule = Schedule(options.epochs, options.epochs_decay)
-        self.scheduler_G, self.scheduler_D = schedule.scheduler(self.optimizer_G), schedule.scheduler(self.optimizer_D)
+        self.start_optimizers(self.G.parameters(), self.D.parameters())
         self.val_pairs = None  # (inputs, targets) of --val, read at the first evaluation
         self.train_step = Pix2PixStep(G, D, self.D, self.optimizer_G, self.optimizer_D, gan_mode=options.gan_mode,
                                       lambda_l1=options.lambda_l1, context=context, generator=self.G)
 
     def modules(self):
         return {"G": self.G, "D": self.D}
-
-    def optimizers(self):
-        return {"G": self.optimizer_G, "D": self.optimizer_D}
-
-    def schedulers(self):
-        return {"G": self.scheduler_G, "D": self.scheduler_D}
-
-    def step(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.train_step(batch["A"], batch["B"])
-
-    def end_epoch(self, epoch: int) -> dict:
-        self.scheduler_G.step()
-        self.scheduler_D.step()
-        return {"lr": self.optimizer_G.param_groups[0]["lr"]}
-
-    def write_outputs(self, run_dir: Path, *, epoch: int | None, step: int, final: bool) -> None:
-        snapshot = epoch is not None and (final or epoch % self.options.save_epoch_every == 0)
-        write_networks(run_dir, self.modules(), epoch if snapshot else None)
 
     def preview(self) -> list[list[np.ndarray]]:
         rows = []

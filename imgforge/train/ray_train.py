@@ -8,40 +8,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
-import re
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..engine import ray as ray_engine
 from ..errors import ImgforgeError
 from ..progress import make_progress
 from .runlog import LOG_FILE
 from .state import load_training_state
 from .trainer import TrainResult, TrainSettings, run_process
 
-_IMGFORGE_ERROR = re.compile(r"imgforge\.errors\.\w+: ([^\n]+)")
-FORWARDED_PREFIXES = ("IMGFORGE_", "HF_", "AWS_")
-
 
 def run_on_ray(method_class: type, options: Any, settings: TrainSettings) -> TrainResult:
+    ray_engine.connect(settings.ray_address)
     try:
-        import ray
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
     except ImportError:
         raise ImgforgeError("--engine ray needs Ray Train: pip install 'imgforge[ray]'") from None
-    if not ray.is_initialized():
-        address = settings.ray_address or os.environ.get("RAY_ADDRESS") or None
-        try:
-            forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                     include_dashboard=False if address is None else None, runtime_env={"env_vars": forwarded})
-        except ConnectionError as exc:
-            raise ImgforgeError(f"cannot connect to the Ray cluster at {address}: {' '.join(str(exc).split())}") \
-                from None
     gpus = settings.gpus_per_worker or 0.0
     # the workers write the log; the driver shows it (--json lines or a bar) while they train
     worker_settings = dataclasses.replace(settings, engine="local", run_dir=os.path.abspath(settings.run_dir),
@@ -50,18 +37,18 @@ def run_on_ray(method_class: type, options: Any, settings: TrainSettings) -> Tra
     with tempfile.TemporaryDirectory(prefix="imgforge-ray-train-") as storage:
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"method_class": method_class, "options": options, "settings": worker_settings},
-            scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=gpus > 0,
-                                         resources_per_worker={"CPU": settings.threads or 1, **({"GPU": gpus} if gpus else {})}),
+            train_loop_config={"method_class": method_class, "options": options, "settings": worker_settings,
+                               "environment": ray_engine.forwarded_environment()},
+            scaling_config=ScalingConfig(
+                num_workers=settings.workers, use_gpu=gpus > 0,
+                resources_per_worker={"CPU": settings.threads or 1, **({"GPU": gpus} if gpus else {})}),
             run_config=RunConfig(storage_path=storage, name="imgforge"),
         )
         try:
             with _following(Path(worker_settings.run_dir) / LOG_FILE, json_lines=settings.json, quiet=settings.quiet):
                 trainer.fit()
         except Exception as exc:  # Ray wraps the worker's exception; its one-line message is in the text
-            found = _IMGFORGE_ERROR.search(str(exc))
-            message = found.group(1) if found else f"the Ray Train run failed: {' '.join(str(exc).split())[:300]}"
-            raise ImgforgeError(message) from None
+            raise ray_engine.user_error(exc) from None
     return finished_run(worker_settings.run_dir)
 
 
@@ -114,4 +101,6 @@ def _follow(log: Path, position: int, stop: threading.Event, json_lines: bool, q
 
 
 def _worker(config: dict) -> None:
+    # workers of a Ray started before the driver's settings were made would not see them otherwise
+    os.environ.update(config["environment"])
     run_process(config["method_class"], config["options"], config["settings"])
