@@ -56,6 +56,23 @@ def calibrated_state_dict(seed: int = 0, size: int = 224, batch: int = 2) -> dic
     return {key: value.clone() for key, value in net.eval().state_dict().items()}
 
 
+def keep_unit_scale_(net: torch.nn.Module) -> torch.nn.Module:
+    """Random weights (in place, from torch's RNG) that keep an Inception's activations near unit scale through
+    its 94 layers: He-initialised convolutions, BatchNorms near the identity; the classifier is left alone.
+    PyTorch's default init makes its features vanish (an ONNX or conformance check of numbers near zero checks
+    nothing), and BatchNorm statistics calibrated on a batch make a narrow random copy chaotic (its float32
+    features move by 5e-5 between thread counts)."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.8, 1.2)
+            torch.nn.init.uniform_(module.bias, -0.1, 0.2)
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return net
+
+
 def write_fid_weights(torch_home: Path, state_dict: dict) -> Path:
     """Save the weights where pytorch-fid looks (TORCH_HOME/hub/checkpoints/<official name>)."""
     folder = torch_home / "hub" / "checkpoints"

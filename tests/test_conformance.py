@@ -33,12 +33,14 @@ KNOWN_KINDS = {
     "train.pix2pix_step": "train",
     "train.cyclegan_step": "train",
     "train.ddpm_step": "train_ddpm",
+    "eval.fid_inception": "eval",
 }
 
 
 # The kinds that involve a network, which run through ONNX Runtime as well (tests/conformance_checks/onnx.py).
 ONNX_KINDS = {"pix2pix.unet", "pix2pix.resnet", "ddpm.unet", "ddpm.ddpm_steps", "ddpm.ddim_steps",
-              "oldphoto.scratch_unet", "oldphoto.chain_quality", "oldphoto.chain_scratch", "face.spade_generator"}
+              "oldphoto.scratch_unet", "oldphoto.chain_quality", "oldphoto.chain_scratch", "face.spade_generator",
+              "eval.fid_inception"}
 
 
 def fixture_folders() -> list[Path]:

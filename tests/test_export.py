@@ -14,7 +14,7 @@ from imgforge.hub import sha256_of
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.pix2pix import GeneratorOptions, build_generator
 from imgforge.nets.registry import get_family
-from test_registry import TINY_UNET, _tiny_networks
+from test_registry import FAMILIES, TINY_UNET, family_network
 from test_sample_cli import write_folder
 from test_zoo import write_zoo_files
 
@@ -73,11 +73,12 @@ def test_attention_mapping_graphs_loop_over_query_chunks(tmp_path, monkeypatch, 
         assert (runner(latent, mask) - expected).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("family", [pytest.param(name, marks=pytest.mark.slow) if name == "face_spade" else name
-                                    for name in _tiny_networks()])  # the face graph is checked at 256 px
+# the face graph is checked at 256 px; the FID Inception, full size (its only size), at 299 px
+@pytest.mark.parametrize("family", [pytest.param(name, marks=pytest.mark.slow)
+                                    if name in ("face_spade", "fid_inception") else name for name in FAMILIES])
 def test_export_checkpoint_of_each_family(family, tmp_path):
     """`imgforge export --checkpoint FILE` for a file of every family: checked graphs, sidecars naming it."""
-    net, _ = _tiny_networks()[family]
+    net, _ = family_network(family)
     path = tmp_path / "weights.pth"
     torch.save(net.state_dict(), path)
     if family == "ddpm_unet":  # GroupNorm groups leave no trace in the weights: a diffusers config.json says them

@@ -41,6 +41,7 @@ COVERAGE = {
     "oldphoto_mapping": Coverage(("oldphoto.chain_quality", "oldphoto.chain_scratch")),
     "face_spade": Coverage(("face.spade_generator",)),
     "patchgan": Coverage(("train.pix2pix_step", "train.cyclegan_step")),
+    "fid_inception": Coverage(("eval.fid_inception",)),
 }
 
 
@@ -80,14 +81,7 @@ def _missing_test(family: str, node: str) -> str | None:
     return None
 
 
-# Families whose coverage is not there yet, with who owes it: each is a strict xfail, so the day the gap closes
-# this test fails until the entry moves to COVERAGE.
-GAPS = {"fid_inception": "eval: no conformance fixture kind (pytorch-fid is the oracle of test_eval.py), no tiny "
-                         "network in test_registry.py::_tiny_networks for the load/build/export tests, no exports"}
-
-
-@pytest.mark.parametrize("family", [pytest.param(name, marks=pytest.mark.xfail(reason=GAPS[name], strict=True))
-                                    if name in GAPS else name for name in sorted(registry.families())])
+@pytest.mark.parametrize("family", sorted(registry.families()))
 def test_every_family_has_conformance_load_build_and_export_tests(family):
     coverage = COVERAGE.get(family)
     if coverage is None:
@@ -98,8 +92,8 @@ def test_every_family_has_conformance_load_build_and_export_tests(family):
             f"KNOWN_KINDS of tests/test_conformance.py, its check in tests/conformance_checks/), and load/build/"
             f"export name tests that load {family} weights through the registry, build it from its "
             f"hyperparameters (Family.build) and export it to ONNX: the defaults are {LOAD}, {BUILD} and {EXPORT}, "
-            f"parametrised over tests/test_registry.py::_tiny_networks — adding a small {family} network there "
-            f"covers all three.", pytrace=False)
+            f"parametrised over tests/test_registry.py::FAMILIES — adding a small {family} network to its "
+            f"_tiny_networks covers all three.", pytrace=False)
     problems = []
     if not coverage.conformance:
         problems.append("no conformance fixture kind")

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 import imgforge
+from eval_oracles import keep_unit_scale_
 from imgforge.cli import main
 from imgforge.errors import ModelError
 from imgforge.nets import registry
 from imgforge.nets.ddpm_unet import DDPMUNet
 from imgforge.nets.face_spade import build_face_generator
+from imgforge.nets.fid_inception import FIDInception
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.patchgan import DiscriminatorOptions, PatchDiscriminator
 from imgforge.nets.pix2pix import GeneratorOptions, build_generator
@@ -47,9 +49,26 @@ def _tiny_networks() -> dict[str, tuple[torch.nn.Module, dict]]:
     }
 
 
-@pytest.mark.parametrize("name", list(_tiny_networks()))
+def _full_size_fid_inception() -> tuple[torch.nn.Module, dict]:
+    """The FID Inception has one size only (24 M parameters, built in a fraction of a second): the full-size
+    network, with random weights that keep its activations at unit scale, so that its ONNX check compares
+    numbers of that scale."""
+    torch.manual_seed(0)
+    return keep_unit_scale_(FIDInception()).eval(), {"dims": 2048}
+
+
+# every family, for the tests that each family must pass (tests/test_families.py)
+FAMILIES = [*_tiny_networks(), "fid_inception"]
+
+
+def family_network(name: str) -> tuple[torch.nn.Module, dict]:
+    """A network of the family `name` and the options the registry must read back from its weights."""
+    return _full_size_fid_inception() if name == "fid_inception" else _tiny_networks()[name]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_each_family_detects_and_rebuilds_its_weights(name):
-    net, expected = _tiny_networks()[name]
+    net, expected = family_network(name)
     state = net.state_dict()
     overrides = {"norm_num_groups": 4} if name == "ddpm_unet" else {}  # GroupNorm groups leave no trace
     loaded, family = registry.load(state, **overrides)
@@ -58,8 +77,9 @@ def test_each_family_detects_and_rebuilds_its_weights(name):
     facts = family.describe(loaded)
     assert {key: facts.hyperparameters[key] for key in expected} == expected
     assert facts.parameters == sum(p.numel() for p in net.parameters())
-    assert loaded.state_dict().keys() == state.keys()
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    loaded_state = loaded.state_dict()
+    assert loaded_state.keys() == state.keys()
+    assert all(torch.equal(loaded_state[k], v) for k, v in state.items())
     assert facts.exports and all(export.input_names and export.output_names for export in facts.exports)
 
 
@@ -74,6 +94,7 @@ def test_each_family_detects_and_rebuilds_its_weights(name):
     ("oldphoto_mapping_quality", "oldphoto_mapping", {"kind": "quality", "mc": 512, "n_blocks": 6}),
     ("oldphoto_mapping_scratch", "oldphoto_mapping", {"kind": "scratch", "mc": 512, "n_blocks": 6}),
     ("oldphoto_mapping_patch_attention_hr", "oldphoto_mapping", {"kind": "hr", "mc": 512}),
+    ("fid_inception_pt_2015_12_05", "fid_inception", {"dims": 2048}),
 ])
 def test_official_full_size_layouts(keys, family, expected):
     """The official checkpoints' key layouts are recognised and their options read (zero weights)."""
@@ -88,10 +109,10 @@ def test_official_full_size_layouts(keys, family, expected):
                                    and "filt" not in k)
 
 
-@pytest.mark.parametrize("name", list(_tiny_networks()))
+@pytest.mark.parametrize("name", FAMILIES)
 def test_each_family_builds_a_fresh_network_from_its_hyperparameters(name):
     """build(describe(net).hyperparameters): the same keys and shapes, new random weights, training mode."""
-    net, _ = _tiny_networks()[name]
+    net, _ = family_network(name)
     family = registry.get_family(name)
     built = family.build(family.describe(net).hyperparameters)
     assert built.training and not any(p.is_meta for p in built.parameters())

@@ -80,6 +80,12 @@ def to_model_input(pixels: np.ndarray, clean: bool) -> torch.Tensor:
     return torch.from_numpy(rgb.astype(np.float32) / np.float32(scale)).permute(2, 0, 1).contiguous()
 
 
+def to_network_input(images: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W images in [0, 1] -> what the network (and its ONNX graph) takes: resized to 299x299
+    bilinearly (align_corners False, no antialiasing) and scaled to [-1, 1]."""
+    return 2 * F.interpolate(images, size=(SIZE, SIZE), mode="bilinear", align_corners=False) - 1
+
+
 @torch.no_grad()
 def compute_features(net: FIDInception, images: torch.Tensor, *, logits: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -89,8 +95,7 @@ def compute_features(net: FIDInception, images: torch.Tensor, *, logits: bool = 
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
-            x = F.interpolate(images, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-            features = net(2 * x - 1)
+            features = net(to_network_input(images))
             return features, (net.logits(features) if logits else None)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous

@@ -176,6 +176,9 @@ class FIDInception(nn.Module):
                  self.Mixed_6d, self.Mixed_6e],
                 [self.Mixed_7a, self.Mixed_7b, self.Mixed_7c]]
 
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"  # printed, so the ONNX graph cache tells the feature blocks apart
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages()[:BLOCK_OF_DIMS[self.dims] + 1]:
             for layer in stage:
@@ -196,10 +199,13 @@ class _MaxPool(nn.Module):
 def build_fid_inception(state_dict: dict | None = None, dims: int = 2048) -> FIDInception:
     """The network (eval mode, CPU), with `state_dict` loaded strictly when given. BatchNorm counters
     (`num_batches_tracked`) may be absent, as in files saved by older PyTorch; they are never used here."""
-    net = FIDInception(dims)
-    if state_dict is not None:
-        counters = {k: v for k, v in net.state_dict().items() if k.endswith("num_batches_tracked")}
-        load_official_weights(net, {**counters, **state_dict}, "FID Inception")
+    if state_dict is None:
+        return FIDInception(dims).eval()
+    with torch.device("meta"):  # no random initialisation of 24 M weights that are overwritten next
+        net = FIDInception(dims)
+    net = net.to_empty(device="cpu")
+    counters = {k: torch.zeros((), dtype=torch.long) for k in net.state_dict() if k.endswith("num_batches_tracked")}
+    load_official_weights(net, {**counters, **state_dict}, "FID Inception")
     return net.eval()
 
 

@@ -27,10 +27,11 @@ def cache_dir() -> Path:
 
 def graph_key(export, precision: str) -> str:
     """What a cached graph depends on: the weights (every tensor of the exported module, buffers too, so a
-    test-time mode kept in a buffer counts), the export's names, axes and size rule (the side a fixed-size
-    graph is traced at), precision, opset and versions. Never a batch or image size: graphs are dynamic in both
-    wherever the network allows."""
-    digest = hashlib.sha256(repr((export.name, type(export.module).__name__, export.input_names, export.output_names,
+    test-time mode kept in a buffer counts), the module's printed structure (its layers, and settings a module
+    prints in its extra_repr, such as the FID Inception's feature block), the export's names, axes and size rule
+    (the side a fixed-size graph is traced at), precision, opset and versions. Never a batch or image size:
+    graphs are dynamic in both wherever the network allows."""
+    digest = hashlib.sha256(repr((export.name, repr(export.module), export.input_names, export.output_names,
                                   export.dynamic_axes, export.size_multiple, export.min_side, precision, OPSET,
                                   __version__, torch.__version__)).encode())
     for name, tensor in export.module.state_dict().items():

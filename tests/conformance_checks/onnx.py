@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from imgforge.eval.features import to_network_input
 from imgforge.onnx.cache import cached_runner
 from imgforge.nets import registry
 
 from .common import TOLERANCE, assert_close, load_fixture
 from .ddpm import unet_of
+from .eval import DIMS, image_sets, narrowed_inception
 from .oldphoto import _split
 from .pix2pix import build_generator_of
 
@@ -75,6 +77,17 @@ def check_face_generator(folder: Path, config: dict) -> None:
     assert_close("output", _graph("face_spade", net, size=size)(io["degraded_image"]), io["output"])
 
 
+def check_fid_inception(folder: Path, config: dict) -> None:
+    """The graph takes the resized, rescaled images (its input is 299x299 in [-1, 1]: docs/eval.md). The
+    first block's graph and the whole network's: the other two are prefixes of the latter, and two graphs of
+    one weights file must not share a cache entry."""
+    for dims in (min(DIMS), max(DIMS)):
+        net, io = narrowed_inception(folder, config, dims)
+        graph = _graph("fid_inception", net)
+        for name, images in image_sets(io).items():
+            assert_close(f"{name}.features_{dims}", graph(to_network_input(images)), io[f"{name}.features_{dims}"])
+
+
 CHECKS = {
     "pix2pix.unet": check_generator,
     "pix2pix.resnet": check_generator,
@@ -85,4 +98,5 @@ CHECKS = {
     "oldphoto.chain_quality": check_chain,
     "oldphoto.chain_scratch": check_chain,
     "face.spade_generator": check_face_generator,
+    "eval.fid_inception": check_fid_inception,
 }
