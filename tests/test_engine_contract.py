@@ -155,8 +155,11 @@ def test_a_killed_driver_resumes_when_run_again(engine_name, tmp_path):
 def test_an_interrupt_ends_with_one_line_counting_the_outputs_written(engine_name, signum, tmp_path):
     source, output = tmp_path / "in", tmp_path / "out"
     inverted_images(source, 16, step=7)
+    # SIGINT as a terminal delivers it, even where the suite itself was started in the background (a shell then
+    # ignores SIGINT for it, and its children would inherit that)
     process = subprocess.Popen(driver_command(engine_name, source, output), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(list(output.glob("img*.png"))) < 3 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)

@@ -23,12 +23,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import device as devices
-from .. import hub, manifest
+from .. import hub, zoo
 from ..batch import Job, expand_inputs
-from ..checkpoint import load_state_dict
 from ..engine import BatchReport, EngineOptions, execute
 from ..imageio import read_image
-from ..nets import registry
 from ..nets.fid_inception import FIDInception
 from .statistics import FeatureStatistics
 
@@ -61,11 +59,10 @@ def weights_folders(weights_dir) -> list[Path]:
 
 def load_inception(dims: int = 2048, *, offline: bool | None = None, weights_dir=None,
                    quiet: bool = False) -> FIDInception:
-    """The FID Inception network, its weights fetched through the manifest (cached and verified)."""
-    path = hub.fetch_file(manifest.get_model(INCEPTION_MODEL), "weights", offline=offline,
-                          weights_dir=weights_folders(weights_dir), quiet=quiet)
-    net, _ = registry.load(load_state_dict(path), "fid_inception", dims=dims)
-    return net
+    """The FID Inception network of the zoo, its weights fetched through the manifest (cached and verified)."""
+    [network] = zoo.model_networks(INCEPTION_MODEL, offline=offline, weights_dir=weights_folders(weights_dir),
+                                   quiet=quiet, options={"inception": {"dims": dims}})
+    return network.module
 
 
 def to_model_input(pixels: np.ndarray, clean: bool) -> torch.Tensor:
