@@ -30,7 +30,7 @@ DIRECTIONS = ("AtoB", "BtoA")
 _MODEL_KEYS = {"task", "arch", "description", "license", "homepage", "config", "direction", "files", "networks"}
 _REQUIRED_MODEL_KEYS = ("task", "arch", "description", "files")
 _FILE_KEYS = {"hub", "path", "revision", "urls", "member", "sha256", "size"}
-_NETWORK_KEYS = {"family", "file", "config_file", "parts", "options", "settings"}
+_NETWORK_KEYS = {"family", "file", "config_file", "package_file", "parts", "options", "settings"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _COMMIT = re.compile(r"[0-9a-fA-F]{40}")
@@ -69,7 +69,9 @@ class NetworkSpec:
     """One network of a model: its name (the role a pipeline knows it by), the registry family (or arch) its
     weights must be, the file role holding them, the role of a JSON config file read with them (a diffusers
     config.json), the exports of it the model uses (None: all), the load options (overrides of what the
-    weights say) and the test-time settings its `describe` takes (e.g. the face generator's size)."""
+    weights say), the test-time settings its `describe` takes (e.g. the face generator's size) and a weights
+    file an installed Python package ships whose tensors complete the file's ("package/path/in/it": the lpips
+    package's linear layers)."""
 
     name: str
     family: str
@@ -78,6 +80,7 @@ class NetworkSpec:
     parts: tuple[str, ...] | None = None
     options: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    package_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,9 @@ def _parse_network(where: str, name: str, spec: object, arch: str, files: dict) 
     for key, role in (("file", file), ("config_file", config_file)):
         if role is not None and role not in files:
             raise ManifestError(f"{where}: {key} '{role}' is not one of the model's files ({_names(files)})")
+    package_file = _optional_string(where, spec, "package_file")
+    if package_file is not None and len(PurePosixPath(_relative_path(where, "package_file", package_file)).parts) < 2:
+        raise ManifestError(f"{where}: package_file is a package's name and the file's path inside it")
     parts = spec.get("parts")
     if parts is not None and (not isinstance(parts, list) or not parts
                               or not all(isinstance(part, str) and part for part in parts)):
@@ -211,7 +217,7 @@ def _parse_network(where: str, name: str, spec: object, arch: str, files: dict) 
             raise ManifestError(f"{where}: {key} must be a table")
     return NetworkSpec(name, _optional_string(where, spec, "family") or arch, file, config_file,
                        tuple(parts) if parts is not None else None, dict(spec.get("options", {})),
-                       dict(spec.get("settings", {})))
+                       dict(spec.get("settings", {})), package_file)
 
 
 def _parse_file(where: str, role: str, spec: object) -> FileSource:

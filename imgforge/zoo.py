@@ -12,12 +12,13 @@ keeps a table of roles.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import hub, manifest
 from .checkpoint import building, load_state_dict
-from .errors import ModelError
+from .errors import ModelError, RunWideError
 from .nets import registry
 from .progress import console
 
@@ -70,6 +71,8 @@ def model_networks(entry: manifest.ModelEntry | str, *, names=None, offline: boo
                                          quiet=quiet)
             overrides["config"] = read_json(config_path)
         state = load_state_dict(path)
+        if spec.package_file is not None:
+            state = {**state, **load_state_dict(package_file(entry, spec.package_file))}
         try:
             with building(state, path):
                 module, family = registry.load(state, spec.family, **overrides)
@@ -78,6 +81,19 @@ def model_networks(entry: manifest.ModelEntry | str, *, names=None, offline: boo
         loaded.append(registry.Network(spec.name, module, family, source=path, parts=spec.parts,
                                        settings=dict(spec.settings)))
     return loaded
+
+
+def package_file(entry: manifest.ModelEntry, name: str) -> Path:
+    """The file `name` ("package/path/in/it") of an installed Python package, found without importing it."""
+    package, *inside = PurePosixPath(name).parts
+    found = importlib.util.find_spec(package)
+    if found is None or not found.origin:
+        raise RunWideError(f"model '{entry.name}' needs the {package} package, which ships {'/'.join(inside)}: "
+                           f"pip install {package}")
+    path = Path(found.origin).parent.joinpath(*inside)
+    if not path.is_file():
+        raise RunWideError(f"the {package} package has no {path.name} under {path.parent}")
+    return path
 
 
 def _config_options(entry: manifest.ModelEntry, name: str) -> dict:

@@ -34,13 +34,14 @@ KNOWN_KINDS = {
     "train.cyclegan_step": "train",
     "train.ddpm_step": "train_ddpm",
     "eval.fid_inception": "eval",
+    "eval.lpips_alex": "eval",
 }
 
 
 # The kinds that involve a network, which run through ONNX Runtime as well (tests/conformance_checks/onnx.py).
 ONNX_KINDS = {"pix2pix.unet", "pix2pix.resnet", "ddpm.unet", "ddpm.ddpm_steps", "ddpm.ddim_steps",
               "oldphoto.scratch_unet", "oldphoto.chain_quality", "oldphoto.chain_scratch", "face.spade_generator",
-              "eval.fid_inception"}
+              "eval.fid_inception", "eval.lpips_alex"}
 
 
 def fixture_folders() -> list[Path]:

@@ -42,6 +42,7 @@ COVERAGE = {
     "face_spade": Coverage(("face.spade_generator",)),
     "patchgan": Coverage(("train.pix2pix_step", "train.cyclegan_step")),
     "fid_inception": Coverage(("eval.fid_inception",)),
+    "lpips_alex": Coverage(("eval.lpips_alex",)),
 }
 
 

@@ -107,6 +107,7 @@ GOOD_FILE = 'files.w = { hub = "o/r", path = "w.bin" }'
         (_model(GOOD_FILE + '\nnetworks.n = { file = "x" }'), "file 'x' is not one of the model's files (w)"),
         (_model(GOOD_FILE + '\nnetworks.n = { file = "w", config_file = "c" }'), "config_file 'c' is not one"),
         (_model(GOOD_FILE + '\nnetworks.w = { parts = "encoder" }'), "parts must be a non-empty list"),
+        (_model(GOOD_FILE + '\nnetworks.w = { package_file = "lpips" }'), "package_file is a package's name and"),
         (_model(GOOD_FILE + '\nnetworks.w = { options = 3 }'), "options must be a table"),
         (_model(GOOD_FILE + '\nnetworks.w = { role = "x" }'), "unknown key(s) role"),
     ],

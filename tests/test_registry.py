@@ -17,6 +17,7 @@ from imgforge.nets import registry
 from imgforge.nets.ddpm_unet import DDPMUNet
 from imgforge.nets.face_spade import build_face_generator
 from imgforge.nets.fid_inception import FIDInception
+from imgforge.nets.lpips_alex import LPIPSAlex
 from imgforge.nets.mapping import build_mapping
 from imgforge.nets.patchgan import DiscriminatorOptions, PatchDiscriminator
 from imgforge.nets.pix2pix import GeneratorOptions, build_generator
@@ -46,6 +47,7 @@ def _tiny_networks() -> dict[str, tuple[torch.nn.Module, dict]]:
                                                                            "n_blocks": 1}),
         "face_spade": (build_face_generator(ngf=2), {"ngf": 2}),
         "patchgan": (PatchDiscriminator(DiscriminatorOptions(6, 4, 2)).eval(), {"input_nc": 6, "ndf": 4, "n_layers": 2}),
+        "lpips_alex": (LPIPSAlex().eval(), {}),  # one size only: full size, 2.5 M parameters
     }
 
 
@@ -95,6 +97,7 @@ def test_each_family_detects_and_rebuilds_its_weights(name):
     ("oldphoto_mapping_scratch", "oldphoto_mapping", {"kind": "scratch", "mc": 512, "n_blocks": 6}),
     ("oldphoto_mapping_patch_attention_hr", "oldphoto_mapping", {"kind": "hr", "mc": 512}),
     ("fid_inception_pt_2015_12_05", "fid_inception", {"dims": 2048}),
+    ("lpips_alex_v0.1", "lpips_alex", {}),
 ])
 def test_official_full_size_layouts(keys, family, expected):
     """The official checkpoints' key layouts are recognised and their options read (zero weights)."""

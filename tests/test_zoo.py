@@ -13,11 +13,13 @@ from test_sample_cli import TINY_UNET, tiny_weights, write_folder
 
 import imgforge
 from imgforge import zoo
-from imgforge.errors import ImgforgeError, ManifestError, ModelError, WeightsUnavailable
+from imgforge.checkpoint import load_state_dict
+from imgforge.errors import ImgforgeError, ManifestError, ModelError, RunWideError, WeightsUnavailable
 from imgforge.manifest import DEFAULT_MANIFEST, load_manifest
 from imgforge.nets import registry
 from imgforge.nets.ddpm_unet import DDPMUNet
 from imgforge.nets.face_spade import FaceSPADEGenerator
+from imgforge.nets.lpips_alex import LPIPSAlex
 from imgforge.pipelines.restore import Restorer
 from imgforge.pipelines.sample import DiffusionModel
 
@@ -30,6 +32,7 @@ TINY_CONFIGS = {
     "oldphoto_vae": {"ngf": 4, "mc": 8},
     "face_spade": {"ngf": 1},
     "fid_inception": {"dims": 64},
+    "lpips_alex": {},
 }
 
 
@@ -54,6 +57,9 @@ def write_zoo_files(name: str, folder: Path) -> Path:
             state = tiny_weights()
         else:
             state = _tiny_state(name, spec.family)
+        if spec.package_file is not None:  # the file holds what the package does not ship
+            shipped = load_state_dict(zoo.package_file(entry, spec.package_file))
+            state = {key: value for key, value in state.items() if key not in shipped}
         if path.suffix == ".safetensors":
             save_file(state, path)
         else:
@@ -94,6 +100,36 @@ def test_load_model_by_name(name, expected, tmp_path, shipped_manifest):
     assert isinstance(loaded, expected)
     if name == "face-enhance-256":
         assert not loaded.training and loaded.ngf == 1
+
+
+def test_lpips_alex_is_torchvision_alexnet_with_the_lpips_package_linear_layers(tmp_path, shipped_manifest):
+    """The backbone file as torchvision saves it (features and classifier), the linear layers the package's."""
+    torch.manual_seed(0)
+    backbone = {k: v for k, v in LPIPSAlex().state_dict().items() if k.startswith("features.")}
+    backbone["classifier.6.weight"] = torch.zeros(1000, 4096)  # torchvision's; not part of LPIPS
+    torch.save(backbone, tmp_path / SHIPPED["lpips-alex"].files["backbone"].path)
+    net = imgforge.load_model("lpips-alex", weights_dir=tmp_path, quiet=True)
+    assert isinstance(net, LPIPSAlex) and not net.training
+    state = net.state_dict()
+    linear = load_state_dict(zoo.package_file(SHIPPED["lpips-alex"], "lpips/weights/v0.1/alex.pth"))
+    assert sorted(linear) == [f"lin{i}.model.1.weight" for i in range(5)]
+    assert all(torch.equal(state[k], v) for k, v in [*linear.items(), *backbone.items()] if k in state)
+
+
+def test_a_package_file_of_a_missing_package_is_one_line(tmp_path, write_manifest, monkeypatch):
+    torch.save(LPIPSAlex().state_dict(), tmp_path / "alex.pth")
+    write_manifest(tmp_path, """
+        [models.mine]
+        task = "eval"
+        arch = "lpips_alex"
+        description = "d"
+        files.backbone = { urls = ["https://example.org/alex.pth"] }
+        networks.lpips = { file = "backbone", package_file = "no_such_package_here/weights/alex.pth" }
+    """)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RunWideError, match="model 'mine' needs the no_such_package_here package, which ships "
+                                           "weights/alex.pth: pip install no_such_package_here"):
+        imgforge.load_model("mine", weights_dir=tmp_path, quiet=True)
 
 
 def test_the_yunet_model_is_no_network(shipped_manifest):

@@ -21,17 +21,16 @@ import numpy as np
 import torch
 
 from .. import device as devices
-from .. import hub, manifest, storage
+from .. import hub, storage, zoo
 from ..batch import Job, expand_inputs
-from ..checkpoint import load_state_dict
 from ..engine import BatchReport, EngineOptions, execute
 from ..errors import InputError, RunWideError
 from ..imageio import read_image
-from ..nets.lpips_alex import LPIPSAlex, build_lpips_alex
+from ..nets.lpips_alex import LPIPSAlex
 from .features import as_list, weights_folders
 
 METRICS = ("psnr", "ssim", "lpips", "l1")
-LPIPS_BACKBONE = "lpips-alex"  # the manifest entry of torchvision's alexnet-owt-7be5be79.pth
+LPIPS_MODEL = "lpips-alex"
 _SIGMA, _TRUNCATE, _K1, _K2, _RANGE = 1.5, 3.5, 0.01, 0.03, 255.0
 
 
@@ -82,21 +81,13 @@ def ssim(prediction: np.ndarray, reference: np.ndarray) -> float:
     return float(index[border:-border, border:-border].mean(axis=(0, 1)).mean())
 
 
-def lpips_linear_weights() -> Path:
-    """The v0.1 AlexNet linear layers that the lpips package ships (read, never imported)."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or not spec.origin:
-        raise RunWideError("--metrics lpips needs the lpips package's weights: pip install 'imgforge[lpips]'")
-    path = Path(spec.origin).parent / "weights" / "v0.1" / "alex.pth"
-    if not path.is_file():
-        raise RunWideError(f"the lpips package has no {path.name} under {path.parent}")
-    return path
-
-
 def load_lpips(*, offline: bool | None = None, weights_dir=None, quiet: bool = False) -> LPIPSAlex:
-    backbone = hub.fetch_file(manifest.get_model(LPIPS_BACKBONE), "backbone", offline=offline,
-                              weights_dir=weights_folders(weights_dir), quiet=quiet)
-    return build_lpips_alex(load_state_dict(backbone), load_state_dict(lpips_linear_weights()))
+    """The zoo's LPIPS: torchvision's AlexNet fetched through the manifest, the lpips package's linear layers."""
+    if importlib.util.find_spec("lpips") is None:  # the hint names the extra that brings it
+        raise RunWideError("--metrics lpips needs the lpips package's weights: pip install 'imgforge[lpips]'")
+    [network] = zoo.model_networks(LPIPS_MODEL, offline=offline, weights_dir=weights_folders(weights_dir),
+                                   quiet=quiet)
+    return network.module
 
 
 def pair_up(predictions: Sequence[str], references: Sequence[str], *, by_order: bool = False,

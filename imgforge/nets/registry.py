@@ -31,7 +31,8 @@ from ..errors import ModelError
 
 # One line per network file that registers families (imported on first use of the registry).
 # patchgan comes before mapping: the quality mapping is detected by its model.0.weight alone
-FAMILY_MODULES = ("pix2pix", "ddpm_unet", "scratch_unet", "vae", "patchgan", "mapping", "face_spade", "fid_inception")
+FAMILY_MODULES = ("pix2pix", "ddpm_unet", "scratch_unet", "vae", "patchgan", "mapping", "face_spade", "fid_inception",
+                 "lpips_alex")
 
 
 @dataclass(frozen=True)

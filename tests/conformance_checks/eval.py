@@ -1,7 +1,7 @@
-"""Conformance check for the eval kind: imgforge's FID Inception and its input transform against pytorch-fid's
-features. The fixture's network has 1/16 of the official channels (config.json `reference.narrowing`): imgforge's
-network is built the same way, every `Conv` of nets/fid_inception.py narrowed while it is constructed, and its
-weights are loaded through the registry, strictly."""
+"""Conformance checks for the eval kinds: imgforge's FID Inception and its input transform against pytorch-fid's
+features, imgforge's LPIPS and the scaling of eval pairs against the lpips package's distances. The fixtures'
+networks are narrowed (config.json `reference.narrowing`): imgforge's network is built the same way, every
+convolution narrowed while it is constructed, and its weights are loaded through the registry, strictly."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from unittest import mock
 import torch
 
 from imgforge.eval.features import compute_features, to_model_input
+from imgforge.eval.pairwise import PairWorker
 from imgforge.nets import fid_inception, registry
 
 from .common import TOLERANCE, assert_close, load_fixture
@@ -56,4 +57,43 @@ def check_fid_inception(folder: Path, config: dict) -> None:
             assert_close(f"{name}.features_{dims}", features, io[f"{name}.features_{dims}"], TOLERANCE)
 
 
-CHECKS = {"eval.fid_inception": check_fid_inception}
+@contextmanager
+def _narrowed_convolutions(divisor: int):
+    """Networks built inside have every torch.nn.Conv2d with 1/divisor of its channels (the RGB input and a
+    single output channel kept), as the lpips fixture's generator built the reference."""
+    original = torch.nn.Conv2d
+
+    class NarrowConv2d(original):
+        def __init__(self, cin: int, cout: int, *args, **kwargs):
+            super().__init__(*(c if c in (1, 3) else c // divisor for c in (cin, cout)), *args, **kwargs)
+
+    with mock.patch.object(torch.nn, "Conv2d", NarrowConv2d):
+        yield
+
+
+def narrowed_lpips(folder: Path, config: dict) -> tuple[torch.nn.Module, dict]:
+    """(the fixture's LPIPS loaded by the registry, eval; the fixture's io)."""
+    weights, io = load_fixture(folder)
+    with _narrowed_convolutions(config["reference"]["channel_divisor"]):
+        net, family = registry.load(weights, "lpips_alex")
+    assert family.name == "lpips_alex" and not net.training
+    return net, io
+
+
+def image_pairs(io: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """set name -> (x, y), N x H x W x 3 uint8."""
+    return {key.removesuffix(".x"): (images, io[key.removesuffix(".x") + ".y"])
+            for key, images in io.items() if key.endswith(".x")}
+
+
+def check_lpips_alex(folder: Path, config: dict) -> None:
+    """Through eval pairs' worker: its scaling of the uint8 images and its batched call of the network."""
+    net, io = narrowed_lpips(folder, config)
+    worker = PairWorker(("lpips",), net, torch.device("cpu"))
+    for name, (x, y) in image_pairs(io).items():
+        rows = worker.compute(list(zip(x.numpy(), y.numpy())))
+        distances = torch.tensor([row["lpips"] for row in rows])
+        assert_close(f"{name}.distance", distances, io[f"{name}.distance"], config["tolerance_abs"])
+
+
+CHECKS = {"eval.fid_inception": check_fid_inception, "eval.lpips_alex": check_lpips_alex}

@@ -14,7 +14,7 @@ from imgforge.nets import registry
 
 from .common import TOLERANCE, assert_close, load_fixture
 from .ddpm import unet_of
-from .eval import DIMS, image_sets, narrowed_inception
+from .eval import DIMS, image_pairs, image_sets, narrowed_inception, narrowed_lpips
 from .oldphoto import _split
 from .pix2pix import build_generator_of
 
@@ -88,6 +88,15 @@ def check_fid_inception(folder: Path, config: dict) -> None:
             assert_close(f"{name}.features_{dims}", graph(to_network_input(images)), io[f"{name}.features_{dims}"])
 
 
+def check_lpips_alex(folder: Path, config: dict) -> None:
+    """The graph takes both images scaled to [-1, 1] (docs/eval.md) and gives the distance of each pair."""
+    net, io = narrowed_lpips(folder, config)
+    graph = _graph("lpips_alex", net)
+    for name, (x, y) in image_pairs(io).items():
+        scaled = [images.permute(0, 3, 1, 2).float() / 127.5 - 1 for images in (x, y)]
+        assert_close(f"{name}.distance", graph(*scaled), io[f"{name}.distance"], config["tolerance_abs"])
+
+
 CHECKS = {
     "pix2pix.unet": check_generator,
     "pix2pix.resnet": check_generator,
@@ -99,4 +108,5 @@ CHECKS = {
     "oldphoto.chain_scratch": check_chain,
     "face.spade_generator": check_face_generator,
     "eval.fid_inception": check_fid_inception,
+    "eval.lpips_alex": check_lpips_alex,
 }
