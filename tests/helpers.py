@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -47,3 +48,19 @@ def kill_when_written(process: subprocess.Popen, folder: Path, pattern: str, cou
     process.wait()
     process.stdout.close()
     process.stderr.close()
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports nothing listens on at 127.0.0.1 (all bound at once, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for each in sockets:
+        each.bind(("127.0.0.1", 0))
+    ports = [each.getsockname()[1] for each in sockets]
+    for each in sockets:
+        each.close()
+    return ports
+
+
+def file_bytes(folder: Path) -> dict[str, bytes]:
+    """Each file of `folder` by name, with its bytes (outputs compared byte for byte)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+from helpers import free_ports
+
 
 class S3Server:
     def __init__(self, timeout: float = 30):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        [self.port] = free_ports(1)
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

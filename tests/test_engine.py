@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from engine_tasks import BrokenSetupTask, InvertTask
+from helpers import file_bytes
 from imgforge.batch import plan_jobs
 from imgforge.cli import main
 from imgforge.engine import EngineOptions, execute
@@ -34,10 +35,6 @@ from test_translate_cli import save_image, write_checkpoint
 def records(capsys) -> list[dict]:
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     return sorted((line for line in lines if "summary" not in line), key=lambda r: (r.get("input"), r["output"]))
-
-
-def file_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 @pytest.fixture

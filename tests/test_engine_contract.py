@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from engine_tasks import InvertTask
-from helpers import kill_when_written, make_image
+from helpers import file_bytes, kill_when_written, make_image
 from imgforge.batch import plan_jobs
 from imgforge.cli import main
 from imgforge.engine import EngineOptions, execute
@@ -51,10 +51,6 @@ def json_lines(text: str) -> tuple[list[dict], dict]:
     records = sorted((line for line in lines if "summary" not in line), key=lambda r: (r.get("input"), r["output"]))
     summaries = [line["summary"] for line in lines if "summary" in line]
     return records, summaries[-1] if summaries else {}
-
-
-def file_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def inverted_images(folder: Path, count: int, step: int) -> dict[str, np.ndarray]:

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_ports
 from imgforge.cli import main
 from imgforge.storage import location
 from test_batch import DRIVER
@@ -31,16 +31,6 @@ pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parent
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for each in sockets:
-        each.bind(("127.0.0.1", 0))
-    ports = [each.getsockname()[1] for each in sockets]
-    for each in sockets:
-        each.close()
-    return ports
 
 
 @pytest.fixture(scope="module")

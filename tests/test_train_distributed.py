@@ -4,14 +4,13 @@ run killed with SIGKILL resumes from its last save to the weights of an uninterr
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from helpers import kill_when_written
+from helpers import free_ports, kill_when_written
 from imgforge.checkpoint import load_state_dict
 from imgforge.cli import main
 from imgforge.train.api import train_pix2pix
@@ -34,12 +33,6 @@ def assert_same_weights(first, second, names=("G", "D"), tolerance: float = 1e-5
         assert worst <= tolerance, f"{name}: {worst:.3g}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def reference(tmp_path):
     data = aligned_dataset(tmp_path / "data", count=8)
@@ -51,7 +44,7 @@ def reference(tmp_path):
 def test_torchrun_two_processes_train_as_one(tmp_path, reference):
     data, one = reference
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "imgforge", "train", "pix2pix", str(data), "-o",
+               "--master_port", str(free_ports(1)[0]), "-m", "imgforge", "train", "pix2pix", str(data), "-o",
                str(tmp_path / "two"), *FLAGS]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -98,7 +91,7 @@ def test_ray_train_at_an_address_where_nothing_answers_fails_in_one_line(tmp_pat
     # a process of its own: this one may have joined the tests' Ray already
     completed = subprocess.run([sys.executable, "-m", "imgforge", "train", "pix2pix", str(data), "-o",
                                 str(tmp_path / "run"), *FLAGS, "--engine", "ray", "--ray-address",
-                                f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=120)
+                                f"127.0.0.1:{free_ports(1)[0]}"], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 1
     err = completed.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot connect to the Ray cluster at 127.0.0.1:"), err
