@@ -78,13 +78,11 @@ def existing(targets: list) -> set[str]:
 
 def check_buckets(targets: list) -> None:
     """StorageError unless the bucket of every ObjectPath in `targets` exists (one request per bucket), so that
-    a run writing to a missing bucket stops before its first image."""
-    import pyarrow.fs
-
+    a run writing to a missing bucket stops before its first image. A local run never needs pyarrow."""
     for bucket in sorted({target.parts[0] for target in targets if isinstance(target, ObjectPath)}):
         with _translated(SCHEME + bucket):
             kind = _filesystem().get_file_info(bucket).type
-        if kind == pyarrow.fs.FileType.NotFound:
+        if kind == _pyarrow_fs().FileType.NotFound:
             raise StorageError(f"the bucket {bucket} does not exist at {endpoint()}; create it first")
 
 
@@ -101,12 +99,19 @@ def _endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def _pyarrow_fs():
+    """pyarrow's filesystem layer, which only s3:// inputs and outputs need (the s3 and ray extras bring it)."""
+    try:
+        import pyarrow.fs
+    except ImportError:
+        raise StorageError("s3:// inputs and outputs need pyarrow: pip install 'imgforge[s3]'") from None
+    return pyarrow.fs
+
+
 @lru_cache(maxsize=1)
 def _filesystem():
-    import pyarrow.fs
-
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
-    return pyarrow.fs.S3FileSystem(endpoint_override=_endpoint_url(), region=region,
+    return _pyarrow_fs().S3FileSystem(endpoint_override=_endpoint_url(), region=region,
                                    connect_timeout=CONNECT_TIMEOUT_S)
 
 
@@ -150,15 +155,11 @@ class ObjectPath(PurePosixPath):
             return _filesystem().get_file_info(self.key)
 
     def is_file(self) -> bool:
-        import pyarrow.fs
-
         listed = getattr(self, "_listed_as_file", None)
-        return listed if listed is not None else self._info().type == pyarrow.fs.FileType.File
+        return listed if listed is not None else self._info().type == _pyarrow_fs().FileType.File
 
     def is_dir(self) -> bool:
-        import pyarrow.fs
-
-        return len(self.parts) == 1 or self._info().type == pyarrow.fs.FileType.Directory
+        return len(self.parts) == 1 or self._info().type == _pyarrow_fs().FileType.Directory
 
     def iterdir(self) -> Iterator[ObjectPath]:
         return self._list(recursive=False)
@@ -169,14 +170,13 @@ class ObjectPath(PurePosixPath):
         return self._list(recursive=True)
 
     def _list(self, recursive: bool) -> Iterator[ObjectPath]:
-        import pyarrow.fs
-
-        selector = pyarrow.fs.FileSelector(self.key, recursive=recursive, allow_not_found=True)
+        fs = _pyarrow_fs()
+        selector = fs.FileSelector(self.key, recursive=recursive, allow_not_found=True)
         with _translated(str(self)):
             found = _filesystem().get_file_info(selector)
         for info in found:
             child = ObjectPath(info.path)
-            child._listed_as_file = info.type == pyarrow.fs.FileType.File
+            child._listed_as_file = info.type == fs.FileType.File
             yield child
 
     def relative_to(self, other: ObjectPath) -> PurePosixPath:  # type: ignore[override]
@@ -185,9 +185,7 @@ class ObjectPath(PurePosixPath):
         return PurePosixPath(*self.parts[len(other.parts):])
 
     def read_bytes(self) -> bytes:
-        import pyarrow.fs
-
-        if self._info().type == pyarrow.fs.FileType.NotFound:
+        if self._info().type == _pyarrow_fs().FileType.NotFound:
             raise FileNotFoundError(str(self))
         with _translated(str(self)), _filesystem().open_input_stream(self.key) as stream:
             return stream.read()

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import http.server
 import json
+import sys
 import threading
 
 import numpy as np
 import pytest
 
+from engine_tasks import InvertTask
+from helpers import make_image
 from imgforge.batch import plan_jobs
 from imgforge.cli import main
+from imgforge.engine import execute
 from imgforge.errors import InputError
 from imgforge.imageio import read_image, write_image
-from imgforge.storage import ObjectPath, existing, location
+from imgforge.storage import ObjectPath, StorageError, check_buckets, existing, location
 from test_sample_cli import write_folder
 
 pytest.importorskip("pyarrow")
@@ -175,3 +179,24 @@ def test_missing_credentials_are_named_with_the_endpoint(endpoint, capsys):
     assert capsys.readouterr().err == (
         f"error: the S3 endpoint {url} denied access to s3://bkt/in/a.png: no credentials are set: give "
         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)\n")
+
+
+@pytest.fixture
+def without_pyarrow(monkeypatch):
+    """As on a plain `pip install imgforge`: pyarrow (the s3 and ray extras) cannot be imported."""
+    for name in ("pyarrow", "pyarrow.fs"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_a_local_run_needs_no_pyarrow(without_pyarrow, tmp_path):
+    make_image(tmp_path / "in" / "a.png", value=10)
+    report = execute(InvertTask(seconds_per_image=0), plan_jobs([str(tmp_path / "in")], str(tmp_path / "out")),
+                     quiet=True)
+    assert report.done == 1 and not report.failed
+    assert read_image(tmp_path / "out" / "a.png").pixels.max() == 245
+
+
+def test_s3_without_pyarrow_names_the_extra(without_pyarrow, tmp_path):
+    check_buckets([tmp_path / "a.png"])
+    with pytest.raises(StorageError, match=r"^s3:// inputs and outputs need pyarrow: pip install 'imgforge\[s3\]'$"):
+        check_buckets([location("s3://bucket/a.png")])
