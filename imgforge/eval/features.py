@@ -57,6 +57,14 @@ def weights_folders(weights_dir) -> list[Path]:
     return folders + [torch_cache] if torch_cache.is_dir() else folders
 
 
+def portable_folders(weights_dir) -> tuple[str, ...] | None:
+    """The weights folders given, as a task carries them to its workers (strings; None when none are given, so
+    that IMGFORGE_WEIGHTS_DIR decides where each worker runs)."""
+    if weights_dir is None:
+        return None
+    return tuple(str(folder) for folder in hub.weights_folders(weights_dir)) or None
+
+
 def load_inception(dims: int = 2048, *, offline: bool | None = None, weights_dir=None,
                    quiet: bool = False) -> FIDInception:
     """The FID Inception network of the zoo, its weights fetched through the manifest (cached and verified)."""

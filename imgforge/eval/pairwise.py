@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from .. import device as devices
-from .. import hub, storage, zoo
+from .. import storage, zoo
 from ..batch import Job, expand_inputs
 from ..engine import BatchReport, EngineOptions, execute
 from ..errors import InputError, RunWideError
 from ..imageio import read_image
 from ..nets.lpips_alex import LPIPSAlex
-from .features import as_list, weights_folders
+from .features import as_list, portable_folders, weights_folders
 
 METRICS = ("psnr", "ssim", "lpips", "l1")
 LPIPS_MODEL = "lpips-alex"
@@ -180,7 +180,7 @@ def compare(predictions: Sequence[np.ndarray], references: Sequence[np.ndarray],
     outputs); PSNR over its finite values."""
     chosen = _chosen(metrics)
     task = PairTask(chosen, device, offline=offline, quiet=True,
-                    weights_dir=None if weights_dir is None else tuple(str(f) for f in hub.weights_folders(weights_dir)))
+                    weights_dir=portable_folders(weights_dir))
     worker = task.setup()
     rows = [row for pair in zip(predictions, references) for row in worker.compute([pair])]
     return {name: _mean([row[name] for row in rows]) for name in chosen}
@@ -223,8 +223,7 @@ def pairs(predictions: str | Sequence[str], references: str | Sequence[str], *,
     paired = pair_up(as_list(predictions), as_list(references), by_order=by_order, recursive=recursive)
     jobs = [Job(prediction, None, options={} if reference is None else {"reference": _portable(reference)})
             for prediction, reference in paired]
-    folders = None if weights_dir is None else tuple(str(f) for f in hub.weights_folders(weights_dir))
-    task = PairTask(chosen, device, batch_size, offline, folders, quiet)
+    task = PairTask(chosen, device, batch_size, offline, portable_folders(weights_dir), quiet)
     report = execute(task, jobs, engine=engine, quiet=quiet, report=BatchReport())
     given = {str(prediction): str(reference) for prediction, reference in paired}
     rows = []

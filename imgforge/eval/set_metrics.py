@@ -16,7 +16,8 @@ import numpy as np
 
 from ..engine import EngineOptions
 from ..errors import InputError, OutputError
-from .features import FeatureOptions, FeatureSink, InceptionFeatures, as_list, extract, image_jobs
+from .features import (FeatureOptions, FeatureSink, InceptionFeatures, as_list, extract, image_jobs,
+                       portable_folders)
 from .statistics import (FeatureStatistics, GaussianStatistics, frechet_distance, inception_score,
                          kernel_inception_distance)
 
@@ -81,7 +82,7 @@ def fid(real: Inputs, fake: Inputs, *, dims: int = 2048, clean: bool = False, ba
     """The Fréchet Inception Distance between two sets (each inputs or a statistics .npz), as pytorch-fid's
     `calculate_fid_given_paths` computes it with the same weights."""
     options = FeatureOptions(dims=dims, clean=clean, batch_size=batch_size, device=device, offline=offline,
-                             weights_dir=_folders(weights_dir), quiet=quiet)
+                             weights_dir=portable_folders(weights_dir), quiet=quiet)
     first = image_set(real, options, engine=engine, recursive=recursive)
     second = image_set(fake, options, engine=engine, recursive=recursive)
     value = frechet_distance(first.statistics, second.statistics)
@@ -96,7 +97,7 @@ def kid(real: Inputs, fake: Inputs, *, subsets: int = 100, subset_size: int = 10
         ) -> MetricResult:
     """The Kernel Inception Distance (torch-fidelity's defaults), mean and standard deviation over subsets."""
     options = FeatureOptions(dims=dims, clean=clean, batch_size=batch_size, device=device, offline=offline,
-                             weights_dir=_folders(weights_dir), quiet=quiet)
+                             weights_dir=portable_folders(weights_dir), quiet=quiet)
     first = image_set(real, options, engine=engine, recursive=recursive, keep=True)
     second = image_set(fake, options, engine=engine, recursive=recursive, keep=True)
     mean, std, size = kernel_inception_distance(first.features, second.features, subsets=subsets,
@@ -111,7 +112,7 @@ def inception_score_of(inputs: Inputs, *, splits: int = 10, clean: bool = False,
                        offline: bool | None = None, weights_dir=None, quiet: bool = False) -> MetricResult:
     """The Inception Score: softmax of the 1008 logits, `splits` parts."""
     options = FeatureOptions(dims=2048, clean=clean, logits=True, batch_size=batch_size, device=device,
-                             offline=offline, weights_dir=_folders(weights_dir), quiet=quiet)
+                             offline=offline, weights_dir=portable_folders(weights_dir), quiet=quiet)
     result = image_set(inputs, options, engine=engine, recursive=recursive)
     mean, std = inception_score(result.logits, splits)
     return MetricResult("is", mean, std, (result.count,), result.failed, {"splits": splits, "clean": clean})
@@ -137,7 +138,7 @@ def fid_stats(inputs: Inputs, output: str | Path, *, dims: int = 2048, clean: bo
         if statistics.total.shape[0] != dims:
             raise InputError(f"{partial} holds {statistics.total.shape[0]}-wide sums, not {dims}; remove it to start over")
     options = FeatureOptions(dims=dims, clean=clean, batch_size=batch_size, device=device, offline=offline,
-                             weights_dir=_folders(weights_dir), quiet=quiet)
+                             weights_dir=portable_folders(weights_dir), quiet=quiet)
     jobs = image_jobs(as_list(inputs), recursive=recursive, exclude=set(done))
     last_save = [time.monotonic()]
 
@@ -177,10 +178,3 @@ def fid_of_images(batches, reference: str | Path | GaussianStatistics, *, extrac
     if statistics.count < 2:
         raise InputError(f"the FID of {statistics.count} image(s) is not defined; it needs at least 2")
     return frechet_distance(GaussianStatistics.of(statistics), reference)
-
-
-def _folders(weights_dir) -> tuple[str, ...] | None:
-    if weights_dir is None:
-        return None
-    listed = [weights_dir] if isinstance(weights_dir, (str, Path)) else list(weights_dir)
-    return tuple(str(folder) for folder in listed) or None
